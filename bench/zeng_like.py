@@ -59,12 +59,16 @@ class Regime:
 
     n: int = 50
     s_config: float = 1.0  # scale of config effects on ability
-    s_luck: float = 0.6  # per-run luck, shared by all outcomes, seen (noisily) by proxies
+    s_luck: float = 0.6  # per-run luck in language modelling, seen by every proxy
+    s_luck_ft: float = 0.4  # per-run luck that only fine-tuning and (noisily) k-shot see
+    lm_weight: float = 0.5  # how much language-modelling quality carries into fine-tuning
+    kshot_noise: float = 0.8  # k-shot measurement noise (prompt sensitivity), ability units
+    prompt_bonus: float = 0.5  # k-shot advantage of CLM-only models that fine-tuning erases
     luck_df: float = 0.0  # >0: Student-t luck with this many degrees of freedom (outliers)
     s_task: float = 0.45  # fine-tuning noise per outcome, invisible to every proxy
     s_task_cfg: float = 0.35  # task-specific config effects (domain match, data mix)
     sc_gain: float = 0.7  # fine-tuning gain of full span corruption over CLM
-    clm_confound: float = 1.3  # CLM log-perplexity penalty of full span corruption
+    clm_confound: float = 2.6  # CLM log-perplexity penalty of full span corruption
     proxy_noise: float = 1.0  # multiplier on all proxy measurement noise
     kshot_floor: float = 0.0  # >0 moves k-shot thresholds up: more models at chance level
     group_noise: float = 0.0  # extra noise in a perplexity for models not trained on it
@@ -84,7 +88,7 @@ REGIMES: dict[str, Regime] = {
     "config_driven": Regime(s_config=1.6, s_luck=0.35, proxy_noise=1.8),
     # Proxies informative only within groups (sc ppl meaningless for CLM-only models,
     # CLM ppl meaningless for UL2), strong confounds, k-shot contamination.
-    "interaction": Regime(clm_confound=2.0, group_noise=1.0, contamination=0.6, s_task_cfg=0.6),
+    "interaction": Regime(clm_confound=3.2, group_noise=1.0, contamination=0.6, s_task_cfg=0.6),
     # Saturating outcomes, floor-limited k-shot, heavy-tailed luck, diverged runs, holes.
     "messy": Regime(saturation=1.0, kshot_floor=0.8, luck_df=3.0, diverged_frac=0.06,
                     missing_frac=0.04, round_to=3),
@@ -151,7 +155,8 @@ def make_table(seed: int, regime: str | Regime = "calibrated", n: int | None = N
 
     lm = (cfg["learning_rate"].map(lr_eff).to_numpy() + cfg["data_mix"].map(data_lm).to_numpy()
           + cfg["length_filter"].map(len_lm).to_numpy() + luck)
-    ability = lm + obj_ft + cfg["data_mix"].map(data_ft).to_numpy() + cfg["domain"].map(dom_ft).to_numpy()
+    luck_ft = rng.normal(0, r.s_luck_ft, r.n)
+    ability = r.lm_weight * lm + luck_ft + obj_ft + cfg["data_mix"].map(data_ft).to_numpy() + cfg["domain"].map(dom_ft).to_numpy()
 
     pn = r.proxy_noise
     out = pd.DataFrame({"model_id": [f"zl{seed}_{i:03d}" for i in range(r.n)]})
@@ -168,13 +173,13 @@ def make_table(seed: int, regime: str | Regime = "calibrated", n: int | None = N
     out["sc_ppl"] = np.exp(log_sc)
 
     # k-shot scores: chance + sigmoid of ability, with their own task parts and floors.
-    prompt_bonus = 0.35 * (1 - sc / 0.75)  # CLM-only models prompt better than they fine-tune
+    prompt_bonus = r.prompt_bonus * (1 - sc / 0.75)  # CLM-only models prompt better than they fine-tune
     curated = (cfg["data_mix"] == "curated").to_numpy()
     for name, chance, top, thr, dom in [("kshot_a", 0.25, 0.75, 0.3, "science"),
                                        ("kshot_b", 0.5, 0.85, 0.0, "general"),
                                        ("kshot_c", 0.0, 0.45, 0.6, "code")]:
         z = (ability + prompt_bonus + 0.5 * (cfg["domain"] == dom).to_numpy()
-             + r.contamination * curated + rng.normal(0, 0.45 * pn, r.n))
+             + r.contamination * curated + rng.normal(0, r.kshot_noise * pn, r.n))
         p = chance + (top - chance) / (1 + np.exp(-1.6 * (z - thr - r.kshot_floor)))
         out[name] = np.clip(p + rng.normal(0, 0.012 * pn, r.n), 0, 1)
 

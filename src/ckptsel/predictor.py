@@ -168,6 +168,7 @@ class PairwisePredictor:
         self.booster_ = lgb.train(self.lgb_params(), data, num_boost_round=self.n_estimators)
         self.n_train_checkpoints_ = len(X)
         self.n_train_pairs_ = len(ia)
+        self.meta_ = {}
         return self
 
     # -- predicting ------------------------------------------------------------------------

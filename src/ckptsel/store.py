@@ -298,6 +298,11 @@ class Store:
         return {by_fp[fp]: v for fp, t, v, _, _ in self._latest("labels", "target", list(by_fp))
                 if t == target and v is not None}
 
+    def feature_names(self, fingerprint: str) -> set[str]:
+        """Names of the features stored for one checkpoint (a stored missing value counts)."""
+        return {r[0] for r in self.conn.execute(
+            "SELECT DISTINCT name FROM features WHERE fingerprint=?", (fingerprint,))}
+
     def targets(self) -> list[str]:
         return [r[0] for r in self.conn.execute("SELECT DISTINCT target FROM labels ORDER BY target")]
 

@@ -56,6 +56,7 @@ def read_table(path: str | Path):
             df = pd.read_parquet(path)
             df = df.astype(object).where(df.notna(), None)
             df = df.map(lambda v: None if v is None else str(v))
+            df = df.astype(object).where(df.notna(), None)  # pandas 3: map() infers str dtype, None -> NaN
         else:
             df = pd.read_csv(path, dtype=str, keep_default_na=True, skipinitialspace=True)
             df = df.astype(object).where(df.notna(), None)
