@@ -268,7 +268,7 @@ def test_direction_baseline_picks_the_sign():
     np.testing.assert_array_equal(base.predict_proba(np.array([1.0, 2.0, 1.0]), np.array([2.0, 1.0, 1.0])),
                                   [1.0, 0.0, 0.5])
     assert DirectionBaseline("acc_proxy").fit(-loss, acc).sign_ == +1
-    # Majority, not unanimity: 5 of 6 unordered pairs say higher is better, ties count 1/2.
+    # Majority, not unanimity: 5 of 6 unordered pairs say higher is better.
     x = np.array([1.0, 2.0, 4.0, 3.0])
     y = np.array([1.0, 2.0, 3.0, 4.0])
     assert DirectionBaseline("x").fit(x, y).sign_ == +1
