@@ -174,8 +174,6 @@ def test_save_load_round_trip(tmp_path):
     assert (loaded.n_train_checkpoints_, loaded.n_train_pairs_) == (30, 30 * 29)
 
 
-@pytest.mark.xfail(strict=True, reason="src bug: save() writes schema.json with sort_keys=True, so "
-                   "categorical features not in sorted order are reordered on load (see report)")
 def test_save_load_keeps_categorical_column_order(tmp_path):
     rng = np.random.default_rng(0)
     n = 40

@@ -110,8 +110,6 @@ def test_reimport_updates_values(store, write_csv):
     assert store.get_checkpoint("d").step == 300
 
 
-@pytest.mark.xfail(strict=True, reason="src bug: import_table skips empty label cells, so a label "
-                   "removed from a re-imported table keeps its old value (see report)")
 def test_reimport_clears_a_removed_label(store, write_csv):
     _import_good(store, write_csv)
     changed = GOOD.replace("a,r1,100,2.5,12,llama,0.5,30", "a,r1,100,2.5,12,llama,,30")
@@ -145,6 +143,10 @@ CASES = [
     ("all_features_ignored", BASE, {"ignore": ["loss", "arch"]}, ["feature"]),
     ("no_labels_given", BASE, {"labels": []}, ["--labels"]),
     ("bad_step", "id,step,x,acc\na,1.5,1,1\nb,2,2,2\n", {"step_column": "step"},
+     ["row 1 (line 2)", "'step'"]),
+    ("step_inf", "id,step,x,acc\na,1,1,1\nb,inf,2,2\n", {"step_column": "step"},
+     ["row 2 (line 3)", "'step'", "'inf'"]),
+    ("step_nan_spelling", "id,step,x,acc\na,nAn,1,1\nb,2,2,2\n", {"step_column": "step"},
      ["row 1 (line 2)", "'step'"]),
 ]
 

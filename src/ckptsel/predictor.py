@@ -153,7 +153,7 @@ class PairwisePredictor:
         self.schema_ = FeatureSchema(
             numeric=list(X.numeric_names),
             categorical={c: sorted({v for v in X.column(c) if v is not None})
-                         for c in X.categorical_names},
+                         for c in sorted(X.categorical_names)},
         )
         num, cat = self.schema_.encode(X)
         ia, ib = ordered_pairs(len(X))
@@ -235,7 +235,7 @@ class PairwisePredictor:
                 "n_train_checkpoints": self.n_train_checkpoints_, "n_train_pairs": self.n_train_pairs_,
                 **(extra or {})}
         tmp = directory / (SCHEMA_FILE + ".tmp")
-        tmp.write_text(json.dumps(meta, indent=2, sort_keys=True))
+        tmp.write_text(json.dumps(meta, indent=2))  # key order of schema.categorical is column order
         tmp.replace(directory / SCHEMA_FILE)
         return directory
 

@@ -145,13 +145,16 @@ class Store:
                 "`ckptsel import-table FILE --id-column COL --labels ...` or pass --workspace"
             )
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
         try:
-            self.conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA synchronous=NORMAL")
             self.conn.execute("PRAGMA foreign_keys=ON")
             self._migrate()
-        except sqlite3.DatabaseError as e:
+        except (sqlite3.DatabaseError, CkptselError) as e:
+            self.conn.close()
+            if isinstance(e, CkptselError):
+                raise
             raise CkptselError(f"{self.path} is not a readable ckptsel store ({e}); "
                                "move it aside or pass another --workspace") from e
 
@@ -211,6 +214,10 @@ class Store:
         if ids is None:
             return found
         by_id = {c.id: c for c in found}
+        unknown = [i for i in ids if i not in by_id]
+        if unknown:
+            raise CkptselError(f"unknown checkpoints {', '.join(map(repr, unknown[:5]))} in {self.path}; "
+                               "see `ckptsel list`")
         return [by_id[i] for i in ids]
 
     def get_checkpoint(self, ref: str) -> Checkpoint:

@@ -9,6 +9,7 @@ is mostly numbers with a stray string is an error, not a silent categorical.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -135,7 +136,10 @@ def import_table(store: Store, path: str | Path, *, id_column: str, labels: Sequ
         vals = []
         for i, cell in enumerate(df[label]):
             try:
-                vals.append(_parse_float(cell))
+                value = _parse_float(cell)
+                if value is not None and not math.isfinite(value):
+                    raise ValueError(cell)
+                vals.append(value)
             except ValueError:
                 raise CkptselError(f"{path}: {_row(path, i)}, label column {label!r}: {cell!r} is not a "
                                    "number; labels must be numeric (leave the cell empty if unknown)") from None
@@ -150,7 +154,7 @@ def import_table(store: Store, path: str | Path, *, id_column: str, labels: Sequ
                 f = _parse_float(cell)
             except ValueError:
                 f = 0.5
-            if f is not None and f != int(f):
+            if f is not None and not (abs(f) < float("inf") and f == int(f)):  # inf, nan: not a step
                 raise CkptselError(f"{path}: {_row(path, i)}, step column {step_column!r}: {cell!r} "
                                    "is not an integer step")
             steps[i] = None if f is None else int(f)
@@ -204,4 +208,7 @@ def import_table(store: Store, path: str | Path, *, id_column: str, labels: Sequ
             for label, vals in label_values.items():
                 if vals[i] is not None:
                     store.put_label(ckpt.fingerprint, label, vals[i], spec_hash=IMPORT_SPEC)
+                else:  # an emptied cell removes the label this table set before
+                    store.conn.execute("DELETE FROM labels WHERE fingerprint=? AND target=? AND spec_hash=?",
+                                       (ckpt.fingerprint, label, IMPORT_SPEC))
     return ImportSummary(str(path), len(ids), sorted(numeric), sorted(categorical), list(labels), missing)
