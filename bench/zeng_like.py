@@ -123,8 +123,11 @@ def _draw_configs(rng: np.random.Generator, n: int) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def make_table(seed: int, regime: str | Regime = "calibrated", n: int | None = None) -> pd.DataFrame:
-    """A deterministic Zeng-like table for (seed, regime); `n` overrides the regime's row count."""
+def make_table(seed: int, regime: str | Regime = "calibrated", n: int | None = None,
+               truth: bool = False) -> pd.DataFrame:
+    """A deterministic Zeng-like table for (seed, regime); `n` overrides the regime's row count.
+    With `truth`, `true_<outcome>` columns hold each outcome without its fine-tuning noise
+    (the best any predictor can rank by)."""
     r = REGIMES[regime] if isinstance(regime, str) else regime
     if n is not None:
         r = replace(r, n=n)
@@ -183,6 +186,7 @@ def make_table(seed: int, regime: str | Regime = "calibrated", n: int | None = N
         p = chance + (top - chance) / (1 + np.exp(-1.6 * (z - thr - r.kshot_floor)))
         out[name] = np.clip(p + rng.normal(0, 0.012 * pn, r.n), 0, 1)
 
+    truths = {}
     # Fine-tuning outcomes: shared ability + task-specific config effects + noise.
     for k, (name, dom, base, scale) in enumerate([("ft_task1", "science", 0.55, 0.08),
                                                    ("ft_task2", "dialogue", 0.40, 0.06),
@@ -190,10 +194,12 @@ def make_table(seed: int, regime: str | Regime = "calibrated", n: int | None = N
         task_cfg = (r.s_task_cfg * (cfg["domain"] == dom).to_numpy()
                     + cfg["data_mix"].map(_effects(rng, DATA_MIXES, 0.6 * r.s_task_cfg)).to_numpy()
                     + (sc * rng.normal(0, 0.5 * r.s_task_cfg)))
-        y = ability + task_cfg + rng.normal(0, r.s_task, r.n)
+        mean = ability + task_cfg
+        y = mean + rng.normal(0, r.s_task, r.n)
         if r.saturation > 0:
             y = 2.5 * np.tanh(y / (2.5 * r.saturation))
         out[name] = base + scale * y
+        truths["true_" + name] = mean
 
     for col in CONFIGS:
         out[col] = cfg[col].to_numpy()
@@ -202,7 +208,10 @@ def make_table(seed: int, regime: str | Regime = "calibrated", n: int | None = N
             out.loc[rng.random(r.n) < r.missing_frac, p] = np.nan
     out[PROXIES] = out[PROXIES].round(6)
     out[OUTCOMES] = out[OUTCOMES].round(r.round_to)
-    return out[["model_id"] + PROXIES + CONFIGS + OUTCOMES]
+    extra = list(truths) if truth else []
+    for c in extra:
+        out[c] = truths[c]
+    return out[["model_id"] + PROXIES + CONFIGS + OUTCOMES + extra]
 
 
 # ----------------------------------------------------------------------------------------

@@ -202,7 +202,7 @@ def _add_table_args(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument("--labels", required=required,
                    help="comma-separated fine-tuning outcome columns (stored as labels, never features)")
     p.add_argument("--run-column", help="column naming each checkpoint's pretraining run")
-    p.add_argument("--step-column", help="column with each checkpoint's training step (integer)")
+    p.add_argument("--step-column", help="column with each checkpoint's training step (integer; also a feature)")
     p.add_argument("--ignore-columns", help="comma-separated columns to skip (e.g. a row index)")
 
 
@@ -215,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add(name, func, help_, **kw):
         p = sub.add_parser(name, help=help_, description=help_, **kw)
+        p.add_argument("--workspace", default=argparse.SUPPRESS, help="workspace directory")
         p.set_defaults(func=func)
         return p
 
@@ -231,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     fsub = p.add_subparsers(dest="features_command", metavar="ACTION", required=True)
     q = fsub.add_parser("show", help="a checkpoint's stored features (newest spec) as a flat object")
     q.add_argument("checkpoint", help="checkpoint id, path or run@step")
+    q.add_argument("--workspace", default=argparse.SUPPRESS, help="workspace directory")
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=cmd_features_show)
 
@@ -285,7 +287,6 @@ def _add_predict_pair_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("a", metavar="CKPT_A", help="checkpoint id, path or run@step")
     p.add_argument("b", metavar="CKPT_B", help="checkpoint id, path or run@step")
     p.add_argument("--model", help="exported predictor name (default: the only one)")
-    p.add_argument("--workspace", default=argparse.SUPPRESS, help="workspace directory")
     p.add_argument("--json", action="store_true", help='print {"a", "b", "prob_a_better", "decision", "reasons"}')
 
 
@@ -315,5 +316,6 @@ def predict_pair_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="predict-pair",
                                      description="P(checkpoint A fine-tunes better than B), with the reasons.")
     _add_predict_pair_args(parser)
+    parser.add_argument("--workspace", help="workspace directory (default: $CKPTSEL_HOME or the current directory)")
     parser.set_defaults(func=cmd_predict_pair)
     return _run(parser, argv)
