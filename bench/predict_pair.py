@@ -73,7 +73,7 @@ def import_report(python: str, cmd: list[str]) -> dict:
 
 
 def main() -> int:
-    parser = base_parser(__doc__.splitlines()[0])
+    parser = base_parser(" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--runs", type=int, default=9, help="timed runs of each command (default 9)")
     args = parser.parse_args()
 

@@ -53,7 +53,7 @@ def check(result: dict, n: int) -> None:
 
 
 def main() -> int:
-    parser = base_parser(__doc__.splitlines()[0])
+    parser = base_parser(" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--n", type=int, default=1000, help="candidates (default 1000)")
     parser.add_argument("--labelled", type=int, default=80, help="labelled checkpoints to train on (default 80)")
     parser.add_argument("--repeats", type=int, default=4, help="timed repeats of each (default 4)")

@@ -163,7 +163,7 @@ def phase(port: int, body: bytes, n_pairs: int, clients: int, seconds: float) ->
 
 
 def main() -> int:
-    parser = base_parser(__doc__.splitlines()[0])
+    parser = base_parser(" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--clients", type=int, default=8, help="concurrent clients (default 8)")
     parser.add_argument("--seconds", type=float, default=10.0, help="duration of each phase (default 10)")
     parser.add_argument("--batch", type=int, default=1000, help="pairs in a large request (default 1000)")

@@ -25,7 +25,7 @@ from pathlib import Path
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
-from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.linear_model import LogisticRegression, Ridge, RidgeCV
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import zeng_like  # noqa: E402
@@ -192,28 +192,52 @@ class PairLinear:
 
 
 class PointRidge:
-    """Pointwise ridge on normalised proxies + one-hot configs, predicting the target's
-    within-training rank; pairs compared by predicted score (logistic of the difference)."""
+    """Pointwise ridge on normalised proxies + config one-hots, predicting the target's
+    within-training rank (scaled to unit variance); pairs compared by predicted score.
 
-    def __init__(self, alpha=3.0, norm="rank"):
-        self.alpha, self.norm = alpha, norm
+    alpha: float, or 'cv' for RidgeCV's leave-one-out choice on training checkpoints.
+    cfg: 'onehot' (0/1 columns), 'std' (one-hots standardised on training), 'none'.
+    """
+
+    def __init__(self, alpha=3.0, norm="rank", cfg="onehot", target="rank"):
+        self.alpha, self.norm, self.cfg, self.target = alpha, norm, cfg, target
+
+    def _F(self, num, cat):
+        N = self.prep_.numeric(num)
+        if self.norm == "rank":
+            N = (N - 0.5) * np.sqrt(12)
+        N = np.where(np.isnan(N), 0.0, N)
+        if self.cfg == "none":
+            return N
+        O = self.prep_.onehot(cat)
+        if self.cfg == "std":
+            O = (O - self.o_mean_) / self.o_sd_
+        return np.hstack([N, O])
 
     def fit(self, num, cat, y):
-        self.lin_ = PairLinear(norm=self.norm)
-        self.lin_.prep_ = Prep(self.norm).fit(num, cat)
-        F = self.lin_._F(num, cat)
-        r = (pd.Series(y).rank().to_numpy() - 0.5) / len(y)
-        self.m_ = Ridge(alpha=self.alpha).fit(F, (r - 0.5) * np.sqrt(12))
-
+        self.prep_ = Prep(self.norm).fit(num, cat)
+        O = self.prep_.onehot(cat)
+        self.o_mean_, sd = O.mean(axis=0), O.std(axis=0)
+        self.o_sd_ = np.where(sd > 0, sd, 1.0)
+        F = self._F(num, cat)
+        if self.target == "rank":
+            t = (pd.Series(y).rank().to_numpy() / len(y) - 0.5 / len(y) - 0.5) * np.sqrt(12)
+        else:
+            t = (y - y.mean()) / (y.std() + 1e-12)
+        if self.alpha == "cv":
+            self.m_ = RidgeCV(alphas=np.logspace(-1, 4, 21)).fit(F, t)
+        else:
+            self.m_ = Ridge(alpha=self.alpha).fit(F, t)
         # Scale of P(A>B) = sigmoid(k * (s_A - s_B)), fitted on training pairs (matters in blends).
         s = self.m_.predict(F)
         ia, ib = all_pairs(len(y), both=True)
         lab = (y[ia] > y[ib]).astype(int)
-        self.k_ = LogisticRegression(C=1.0, fit_intercept=False).fit((s[ia] - s[ib])[:, None], lab).coef_[0, 0]
+        d = (s[ia] - s[ib])[:, None]
+        self.k_ = LogisticRegression(C=1.0, fit_intercept=False).fit(d / (d.std() + 1e-12), lab).coef_[0, 0] / (d.std() + 1e-12)
         return self
 
     def pair_proba(self, num, cat, ia, ib):
-        s = self.m_.predict(self.lin_._F(num, cat))
+        s = self.m_.predict(self._F(num, cat))
         return 1 / (1 + np.exp(-self.k_ * (s[ia] - s[ib])))
 
 
@@ -262,8 +286,17 @@ def variants():
         "anti_small_rank_bag5": (lambda s: PairGBM(P, "rank", seed=s, bag=5), True),
         "point_ridge_z": (lambda s: PointRidge(3.0, "z"), True),
     }
-    for a in (0.3, 1.0, 10.0, 30.0):
+    for a in (0.3, 1.0, 10.0, 30.0, 100.0, 300.0, 1e4):
         V[f"point_ridge_a{a:g}"] = (lambda s, a=a: PointRidge(a, "rank"), True)
+        V[f"point_ridge_std_a{a:g}"] = (lambda s, a=a: PointRidge(a, "rank", cfg="std"), True)
+    V["point_ridge_cv"] = (lambda s: PointRidge("cv", "rank"), True)
+    V["point_ridge_std_cv"] = (lambda s: PointRidge("cv", "rank", cfg="std"), True)
+    V["point_ridge_nocfg_a30"] = (lambda s: PointRidge(30.0, "rank", cfg="none"), True)
+    V["point_ridge_ztarget_a30"] = (lambda s: PointRidge(30.0, "rank", target="z"), True)
+    V["point_ridge_znorm_a30"] = (lambda s: PointRidge(30.0, "z"), True)
+    for a in (30.0, 100.0):
+        V[f"blend_ridge{a:g}_small_rank"] = (lambda s, a=a: Blend(PointRidge(a, "rank"), PairGBM(SMALL, "rank", seed=s)), True)
+        V[f"blend_ridge{a:g}_lin0.03"] = (lambda s, a=a: Blend(PointRidge(a, "rank"), PairLinear(0.03, "rank")), True)
     for c in (0.03, 0.1, 1.0):
         V[f"lin_rank_C{c:g}"] = (lambda s, c=c: PairLinear(c, "rank"), True)
     for L in (3, 4, 8, 15):

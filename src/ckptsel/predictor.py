@@ -172,8 +172,9 @@ class PairwisePredictor:
         return self
 
     # -- predicting ------------------------------------------------------------------------
-    def _raw(self, pairs: np.ndarray) -> np.ndarray:
-        return self.booster_.predict(pairs, raw_score=True, num_threads=self.n_jobs)
+    def _raw(self, pairs: np.ndarray, num_threads: int | None = None) -> np.ndarray:
+        threads = self.n_jobs if num_threads is None else num_threads
+        return self.booster_.predict(pairs, raw_score=True, num_threads=threads)
 
     def predict_proba(self, A: FeatureFrame, B: FeatureFrame) -> np.ndarray:
         """P(A[r] fine-tunes better than B[r]) for each row r."""
@@ -194,7 +195,8 @@ class PairwisePredictor:
         n = len(X)
         ia, ib = ordered_pairs(n)
         f = np.full((n, n), 0.5)
-        f[ia, ib] = _sigmoid(self._raw(pair_matrix(num, cat, ia, ib, dtype=np.float32)))
+        # One batch of all n(n-1) ordered pairs; all cores (0 = LightGBM's default) for big batches.
+        f[ia, ib] = _sigmoid(self._raw(pair_matrix(num, cat, ia, ib, dtype=np.float32), num_threads=0))
         p = 0.5 * (f + 1.0 - f.T)
         np.fill_diagonal(p, 0.5)
         return p

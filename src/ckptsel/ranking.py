@@ -45,7 +45,8 @@ def load_model(ws: Workspace, name: str | None = None) -> PairwisePredictor:
 
 def _check_features(store: Store, ckpts: Sequence[Checkpoint], model: PairwisePredictor) -> None:
     for c in ckpts:
-        missing = [f for f in model.schema_.names if f not in store.feature_names(c.fingerprint)]
+        have = store.feature_names(c.fingerprint)
+        missing = [f for f in model.schema_.names if f not in have]
         if missing:
             shown = ", ".join(missing[:6]) + (f" and {len(missing) - 6} more" if len(missing) > 6 else "")
             raise CkptselError(
