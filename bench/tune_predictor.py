@@ -199,14 +199,16 @@ class PointRidge:
     cfg: 'onehot' (0/1 columns), 'std' (one-hots standardised on training), 'none'.
     """
 
-    def __init__(self, alpha=3.0, norm="rank", cfg="onehot", target="rank"):
-        self.alpha, self.norm, self.cfg, self.target = alpha, norm, cfg, target
+    def __init__(self, alpha=3.0, norm="rank", cfg="onehot", target="rank", quad=False):
+        self.alpha, self.norm, self.cfg, self.target, self.quad = alpha, norm, cfg, target, quad
 
     def _F(self, num, cat):
         N = self.prep_.numeric(num)
         if self.norm == "rank":
             N = (N - 0.5) * np.sqrt(12)
         N = np.where(np.isnan(N), 0.0, N)
+        if self.quad:  # centred squares of unit-variance uniforms: an inverted U is linear here
+            N = np.hstack([N, (N ** 2 - 1.0) / np.sqrt(0.8)])
         if self.cfg == "none":
             return N
         O = self.prep_.onehot(cat)
@@ -239,6 +241,34 @@ class PointRidge:
     def pair_proba(self, num, cat, ia, ib):
         s = self.m_.predict(self._F(num, cat))
         return 1 / (1 + np.exp(-self.k_ * (s[ia] - s[ib])))
+
+
+class RidgeBoost(PairGBM):
+    """Antisymmetric pair LightGBM boosted from a pointwise ridge: the ridge margin
+    k * (s_A - s_B) is the init score, trees only learn what the ridge misses."""
+
+    def __init__(self, ridge, params=None, norm="rank", feats="dpab", seed=0):
+        super().__init__(params, norm, both=True, feats=feats, seed=seed)
+        self.ridge = ridge
+
+    def _margin(self, num, cat, ia, ib):
+        s = self.ridge.m_.predict(self.ridge._F(num, cat))
+        return self.ridge.k_ * (s[ia] - s[ib])
+
+    def fit(self, num, cat, y):
+        self.ridge.fit(num, cat, y)
+        self.prep_ = Prep(self.norm).fit(num, cat)
+        ia, ib = all_pairs(len(y), both=True)
+        X, cats = self._X(num, cat, ia, ib)
+        self.m_ = lgb.LGBMClassifier(**{**LGB_DEFAULT, **self.params, "random_state": self.seed})
+        self.m_.fit(X, (y[ia] > y[ib]).astype(int), init_score=self._margin(num, cat, ia, ib),
+                    categorical_feature=cats)
+        return self
+
+    def pair_proba(self, num, cat, ia, ib):
+        X, _ = self._X(num, cat, ia, ib)
+        z = self.m_.predict(X, raw_score=True) + self._margin(num, cat, ia, ib)
+        return 1 / (1 + np.exp(-z))
 
 
 class Blend:
@@ -294,6 +324,15 @@ def variants():
     V["point_ridge_nocfg_a30"] = (lambda s: PointRidge(30.0, "rank", cfg="none"), True)
     V["point_ridge_ztarget_a30"] = (lambda s: PointRidge(30.0, "rank", target="z"), True)
     V["point_ridge_znorm_a30"] = (lambda s: PointRidge(30.0, "z"), True)
+    for a in (30.0, 100.0, 1e4):
+        V[f"point_ridge_quad_a{a:g}"] = (lambda s, a=a: PointRidge(a, "rank", quad=True), True)
+    for w in (0.3, 0.5, 0.7):
+        V[f"blend{w:g}_ridge100_small_rank"] = (lambda s, w=w: Blend(PointRidge(100.0, "rank"), PairGBM(SMALL, "rank", seed=s), weights=[w, 1 - w]), True)
+        V[f"blend{w:g}_ridgequad100_small_rank"] = (lambda s, w=w: Blend(PointRidge(100.0, "rank", quad=True), PairGBM(SMALL, "rank", seed=s), weights=[w, 1 - w]), True)
+    boost = dict(SMALL, n_estimators=100, learning_rate=0.03)
+    V["ridgeboost100"] = (lambda s: RidgeBoost(PointRidge(100.0, "rank"), boost, seed=s), True)
+    V["ridgeboost100_n300"] = (lambda s: RidgeBoost(PointRidge(100.0, "rank"), dict(boost, n_estimators=300), seed=s), True)
+    V["ridgeboost100_L8_n300"] = (lambda s: RidgeBoost(PointRidge(100.0, "rank"), dict(boost, n_estimators=300, num_leaves=8, max_depth=-1, min_child_samples=10), seed=s), True)
     for a in (30.0, 100.0):
         V[f"blend_ridge{a:g}_small_rank"] = (lambda s, a=a: Blend(PointRidge(a, "rank"), PairGBM(SMALL, "rank", seed=s)), True)
         V[f"blend_ridge{a:g}_lin0.03"] = (lambda s, a=a: Blend(PointRidge(a, "rank"), PairLinear(0.03, "rank")), True)

@@ -77,6 +77,8 @@ class Regime:
     diverged_frac: float = 0.0  # fraction of runs that partly diverged (bad everything)
     missing_frac: float = 0.0  # fraction of proxy cells left empty
     round_to: int = 4  # decimals of reported scores (ties appear when small)
+    cfg_interaction: float = 0.0  # sd of objective x data-mix and lr x length-filter effects
+    plasticity: float = 0.0  # >0: fine-tuning ability is an inverted U in LM quality
 
 
 REGIMES: dict[str, Regime] = {
@@ -92,6 +94,10 @@ REGIMES: dict[str, Regime] = {
     # Saturating outcomes, floor-limited k-shot, heavy-tailed luck, diverged runs, holes.
     "messy": Regime(saturation=1.0, kshot_floor=0.8, luck_df=3.0, diverged_frac=0.06,
                     missing_frac=0.04, round_to=3),
+    # Tree-friendly structure: config interactions, and LM quality that helps fine-tuning up to
+    # a point and then hurts (loss of plasticity), so perplexities relate to outcomes as an
+    # inverted U.
+    "nonlinear": Regime(cfg_interaction=0.45, plasticity=0.8, s_luck=0.8),
     "small": Regime(n=24),
     "large": Regime(n=120),
 }
@@ -159,7 +165,18 @@ def make_table(seed: int, regime: str | Regime = "calibrated", n: int | None = N
     lm = (cfg["learning_rate"].map(lr_eff).to_numpy() + cfg["data_mix"].map(data_lm).to_numpy()
           + cfg["length_filter"].map(len_lm).to_numpy() + luck)
     luck_ft = rng.normal(0, r.s_luck_ft, r.n)
-    ability = r.lm_weight * lm + luck_ft + obj_ft + cfg["data_mix"].map(data_ft).to_numpy() + cfg["domain"].map(dom_ft).to_numpy()
+    ability = (r.lm_weight * lm + luck_ft + obj_ft + cfg["data_mix"].map(data_ft).to_numpy()
+               + cfg["domain"].map(dom_ft).to_numpy())
+    if r.cfg_interaction > 0:  # objective x data mix and learning rate x length filter
+        idx = {c: cfg[c].map({v: i for i, v in enumerate(lv)}).to_numpy()
+               for c, lv in [("objective", OBJECTIVES), ("data_mix", DATA_MIXES),
+                             ("learning_rate", LEARNING_RATES), ("length_filter", LENGTH_FILTERS)]}
+        t1 = rng.normal(0, r.cfg_interaction * s, (len(OBJECTIVES), len(DATA_MIXES)))
+        t2 = rng.normal(0, r.cfg_interaction * s, (len(LEARNING_RATES), len(LENGTH_FILTERS)))
+        ability = ability + t1[idx["objective"], idx["data_mix"]] + t2[idx["learning_rate"], idx["length_filter"]]
+    kshot_ability = ability  # what the base model shows under prompting
+    if r.plasticity > 0:  # the best language models lose plasticity: fine-tuning gains turn down
+        ability = ability - r.plasticity * np.maximum(lm - np.quantile(lm, 0.5), 0) ** 2
 
     pn = r.proxy_noise
     out = pd.DataFrame({"model_id": [f"zl{seed}_{i:03d}" for i in range(r.n)]})
@@ -181,7 +198,7 @@ def make_table(seed: int, regime: str | Regime = "calibrated", n: int | None = N
     for name, chance, top, thr, dom in [("kshot_a", 0.25, 0.75, 0.3, "science"),
                                        ("kshot_b", 0.5, 0.85, 0.0, "general"),
                                        ("kshot_c", 0.0, 0.45, 0.6, "code")]:
-        z = (ability + prompt_bonus + 0.5 * (cfg["domain"] == dom).to_numpy()
+        z = (kshot_ability + prompt_bonus + 0.5 * (cfg["domain"] == dom).to_numpy()
              + r.contamination * curated + rng.normal(0, r.kshot_noise * pn, r.n))
         p = chance + (top - chance) / (1 + np.exp(-1.6 * (z - thr - r.kshot_floor)))
         out[name] = np.clip(p + rng.normal(0, 0.012 * pn, r.n), 0, 1)

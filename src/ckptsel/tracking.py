@@ -22,10 +22,13 @@ EXPERIMENT = "ckptsel"
 def configure(ws: Workspace, experiment: str = EXPERIMENT):
     """Point MLflow at the workspace and return the experiment (created on first use)."""
     import logging
+    import warnings
 
     import mlflow
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
+    # The pyfunc declares an explicit signature; MLflow's hint about type-hinted predict() is noise.
+    warnings.filterwarnings("ignore", message=".*type hints to the `predict` method.*")
     ws.ensure()
     mlflow.set_tracking_uri(ws.tracking_uri)
     exp = mlflow.get_experiment_by_name(experiment)
