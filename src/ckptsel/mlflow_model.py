@@ -9,6 +9,7 @@ INVALID_PARAMETER_VALUE, which the scoring server turns into HTTP 400, never 500
 from __future__ import annotations
 
 import mlflow.pyfunc
+import pandas as pd
 
 
 class PairwisePyfunc(mlflow.pyfunc.PythonModel):
@@ -17,8 +18,7 @@ class PairwisePyfunc(mlflow.pyfunc.PythonModel):
 
         self.predictor = PairwisePredictor.load(context.artifacts["predictor"])
 
-    def predict(self, context, model_input, params=None):
-        import pandas as pd
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
 
         from ckptsel.errors import CkptselError

@@ -7,6 +7,7 @@ The tracking store is the workspace's ``mlflow.db`` (SQLite) with artifacts unde
 from __future__ import annotations
 
 import json
+import os
 import re
 from importlib.metadata import version
 from pathlib import Path
@@ -22,13 +23,11 @@ EXPERIMENT = "ckptsel"
 def configure(ws: Workspace, experiment: str = EXPERIMENT):
     """Point MLflow at the workspace and return the experiment (created on first use)."""
     import logging
-    import warnings
 
     import mlflow
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
-    # The pyfunc declares an explicit signature; MLflow's hint about type-hinted predict() is noise.
-    warnings.filterwarnings("ignore", message=".*type hints to the `predict` method.*")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     ws.ensure()
     mlflow.set_tracking_uri(ws.tracking_uri)
     exp = mlflow.get_experiment_by_name(experiment)
