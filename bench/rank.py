@@ -76,9 +76,9 @@ def main() -> int:
             frame = store.feature_frame()
         if len(frame) != args.n:
             sys.exit(f"expected {args.n} checkpoints in the frame, got {len(frame)}")
-        num, cat = predictor.schema_.encode(frame)
+        q, cat, _ = predictor._transform(frame)  # the model's quantile features, as compare_all builds them
         ia, ib = ordered_pairs(len(frame))
-        M = pair_matrix(num, cat, ia, ib, dtype=np.float32)
+        M = pair_matrix(q, cat, ia, ib)
         booster, n_jobs = predictor.booster_, predictor.n_jobs
         log(f"pair matrix {M.shape[0]:,} x {M.shape[1]} {M.dtype}, {booster.num_trees()} trees, "
             f"predictor n_jobs={n_jobs}, cpus={os.cpu_count()}")

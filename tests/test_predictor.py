@@ -234,19 +234,55 @@ def test_explain_names_the_informative_feature():
         assert np.sign(top["contribution"]) == sign
         assert top["a"] == pytest.approx(A.column("signal")[row])
         assert top["b"] == pytest.approx(B.column("signal")[row])
-        # The contributions add up to half the difference of the raw scores f(A,B) - f(B,A), and
-        # so their sign is the side of 1/2 that P(A > B) is on.
-        total = sum(r["contribution"] for r in reasons)
-        num, cat = model.schema_.encode(FeatureFrame(
-            [A.ids[row], B.ids[row]], A.numeric_names, np.vstack([A.numeric[row], B.numeric[row]]),
-            A.categorical_names, np.vstack([A.categorical[row], B.categorical[row]])))
-        raw = model.booster_.predict(pair_matrix(num, cat, np.array([0, 1]), np.array([1, 0])),
-                                     raw_score=True)
-        assert total == pytest.approx(0.5 * (raw[0] - raw[1]), abs=1e-9)
         p = model.predict_proba(A.take([row]), B.take([row]))[0]
-        assert np.sign(p - 0.5) == np.sign(total) == sign
-    importance = model.feature_importance()
-    assert next(iter(importance)) == "signal"
+        assert np.sign(p - 0.5) == np.sign(sum(r["contribution"] for r in reasons)) == sign
+@pytest.mark.parametrize("row", [0, 1])
+def test_explain_adds_up_to_each_part(row):
+    """Trees alone: the contributions are LightGBM's SHAP values, which add up to half the
+    difference of the raw scores f(A,B) - f(B,A). Ridge alone: P = sigmoid(k (s_A - s_B)), so
+    the contributions add up to the log-odds of P."""
+    rng = np.random.default_rng(6)
+    n = 40
+    f = frame([f"c{i}" for i in range(n)], {"u": rng.normal(size=n), "v": rng.normal(size=n)},
+              {"mix": rng.choice(["a", "b", "c"], n)})
+    y = f.column("u") + 0.5 * f.column("v") + (f.column("mix") == "a") + rng.normal(0, 0.3, n)
+    A, B = f.take([0, 1]), f.take([2, 3])
+    trees = PairwisePredictor(seed=0, ridge_weight=0.0, n_estimators=60).fit(f, y)
+    total = sum(r["contribution"] for r in trees.explain(A, B, row=row))
+    qa, ca, _ = trees._transform(A.take([row]))
+    qb, cb, _ = trees._transform(B.take([row]))
+    q, cat = np.vstack([qa, qb]), np.vstack([ca, cb])
+    raw = trees.booster_.predict(pair_matrix(q, cat, np.array([0, 1]), np.array([1, 0])), raw_score=True)
+    assert total == pytest.approx(0.5 * (raw[0] - raw[1]), abs=1e-9)
+    ridge = PairwisePredictor(seed=0, ridge_weight=1.0, n_estimators=5).fit(f, y)
+    total = sum(r["contribution"] for r in ridge.explain(A, B, row=row))
+    p = ridge.predict_proba(A.take([row]), B.take([row]))[0]
+    assert total == pytest.approx(np.log(p / (1 - p)), abs=1e-9)
+
+
+def test_ridge_parts_by_closed_form():
+    """mid_rank_quantile, ridge_fit and logistic_scale against hand values and numpy peers."""
+    from ckptsel.predictor import logistic_scale, mid_rank_quantile, ridge_fit
+
+    ref = np.array([1.0, 2.0, 2.0, 4.0])
+    # below/at: 0 -> 0; 1 -> (0+1)/8; 2 -> (1+3)/8; 3 -> (3+3)/8; 5 -> 1
+    np.testing.assert_allclose(mid_rank_quantile(ref, np.array([0.0, 1.0, 2.0, 3.0, 5.0])),
+                               [0.0, 1 / 8, 4 / 8, 6 / 8, 1.0])
+    rng = np.random.default_rng(0)
+    X, t = rng.normal(size=(30, 3)), rng.normal(size=30)
+    coef, b = ridge_fit(X, t, 2.0)
+    # Peer: augmented least squares with sqrt(alpha) I rows and an unpenalised intercept column.
+    aug_X = np.vstack([np.hstack([X, np.ones((30, 1))]), np.hstack([np.sqrt(2.0) * np.eye(3), np.zeros((3, 1))])])
+    sol = np.linalg.lstsq(aug_X, np.r_[t, np.zeros(3)], rcond=None)[0]
+    np.testing.assert_allclose(np.r_[coef, b], sol, atol=1e-10)
+    # logistic_scale: the gradient of the penalised log-loss vanishes at its answer.
+    gaps = rng.normal(size=200)
+    labels = (gaps + rng.normal(0, 0.5, 200) > 0).astype(float)
+    k = logistic_scale(gaps, labels)
+    sd = gaps.std() + 1e-12
+    w, x, sign = k * sd, gaps / sd, 2 * labels - 1
+    grad = w - np.sum(sign * x / (1 + np.exp(sign * w * x)))
+    assert abs(grad) < 1e-8 and k > 0
 
 
 # -- direction baseline ----------------------------------------------------------------------
