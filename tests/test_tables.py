@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -193,3 +195,52 @@ def test_parquet_errors_name_row_without_line(store, tmp_path):
     msg = str(err.value)
     assert str(path) in msg and "row 2" in msg and "'acc'" in msg and "line" not in msg
     assert store.counts() == {"checkpoints": 0, "features": 0, "labels": 0}
+
+
+# -- real data: OLMo-1B fine-tuning outcomes (Sun & Dredze, arXiv 2408.06663) in ../shared ------
+
+OLMO = Path(__file__).resolve().parents[1].parent / "shared/data/olmo1b-sft-outcomes/all_perf_table.csv"
+
+
+@pytest.mark.skipif(not OLMO.exists(), reason="../shared/data is not beside the checkout")
+def test_olmo_long_table_is_refused_with_the_duplicate_row(store):
+    """The file has one row per (model, eval dataset): as a checkpoint table its ids repeat."""
+    raw = pd.read_csv(OLMO)
+    first = {}
+    for i, mid in enumerate(raw["model_id"]):
+        if mid in first:
+            dup_row, first_row = i, first[mid]
+            break
+        first[mid] = i
+    with pytest.raises(CkptselError) as err:
+        import_table(store, OLMO, id_column="model_id", labels=["Performance"])
+    msg = str(err.value)
+    assert f"row {dup_row + 1} (line {dup_row + 2})" in msg and f"row {first_row + 1}" in msg
+    assert store.counts() == {"checkpoints": 0, "features": 0, "labels": 0}
+
+
+@pytest.mark.skipif(not OLMO.exists(), reason="../shared/data is not beside the checkout")
+def test_olmo_pivoted_table_imports_and_evaluates(store, tmp_path):
+    """Base-model 4-shot scores per eval set as features, the mnli fine-tuning outcome as label."""
+    from ckptsel.evaluation import evaluate
+    from ckptsel.training import labelled_table
+
+    raw = pd.read_csv(OLMO, index_col=0)
+    raw["step"] = raw["model_id"].str.extract(r"(?:checkpoint-|ckpt)(\d+)")[0].astype(float)
+    base = raw[raw["model_id"].str.match(r"olmo1b_checkpoint-\d+_original_hf_4shots")]
+    feats = base.pivot_table(index="step", columns="eval dataset", values="Performance").dropna(axis=1)
+    ft = raw[raw["model_id"].str.match(r"olmo1b_hf_ckpt\d+_mnli_") & (raw["eval dataset"] == "mnli_matched")
+             & raw["model_id"].str.endswith("_4shots")]
+    label = ft.groupby("step")["Performance"].mean().rename("ft_mnli")
+    table = feats.join(label, how="inner").reset_index()
+    table.insert(0, "ckpt", "step" + table["step"].astype(int).astype(str))
+    path = tmp_path / "olmo.csv"
+    table.to_csv(path, index=False)
+    summary = import_table(store, path, id_column="ckpt", labels=["ft_mnli"])
+    assert summary.checkpoints == len(table) >= 5
+    lt = labelled_table(store, "ft_mnli")
+    np.testing.assert_allclose(np.sort(lt.y), np.sort(table["ft_mnli"].to_numpy()))
+    result = evaluate(lt.frame, lt.y, target="ft_mnli", split="random:0.6", repeats=5, seed=0)
+    n_test = len(table) - int(round(0.6 * len(table)))
+    assert result["pairs_per_repeat"] == n_test * (n_test - 1) // 2
+    assert 0.0 <= result["predictor"]["accuracy_mean"] <= 1.0

@@ -150,7 +150,7 @@ def format_result(result: dict) -> str:
     """The human-readable table printed without --json."""
     lines = [f"target {result['target']}  split {result['split']}  repeats {result['repeats']}  "
              f"checkpoints {result['n_checkpoints']}  test pairs/repeat {result['pairs_per_repeat']}", ""]
-    rows = [("predictor (LightGBM, pairwise)", result["predictor"])]
+    rows = [("predictor (LightGBM + ridge, pairwise)", result["predictor"])]
     rows += sorted(((f"baseline: {f}", v) for f, v in result["baselines"].items()),
                    key=lambda kv: -kv[1]["accuracy_mean"])
     width = max(len(name) for name, _ in rows)
