@@ -5,6 +5,7 @@ Tables (schema version in ``meta``):
 - ``checkpoints``: id (the name users type), path, run, step, fingerprint, metadata (JSON).
 - ``features``: (fingerprint, name, spec_hash) -> numeric ``value`` or categorical ``category``.
 - ``labels``: (fingerprint, target, spec_hash) -> ``value`` (mean over seeds), ``std``, ``n``.
+- ``predictions``: (fingerprint, task, spec_hash) -> per-example predictions (a 1-D array).
 
 Features and labels are keyed by the checkpoint's fingerprint (a content hash), so a
 checkpoint whose weights changed never inherits its old numbers, and by the hash of the
@@ -30,7 +31,7 @@ import numpy as np
 
 from ckptsel.errors import CkptselError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Migration i brings a database from version i to version i + 1.
 MIGRATIONS: list[str] = [
@@ -66,6 +67,18 @@ MIGRATIONS: list[str] = [
         spec_hash   TEXT NOT NULL,
         created_at  REAL NOT NULL,
         PRIMARY KEY (fingerprint, target, spec_hash)
+    );
+    """,
+    # v2: per-example predictions of k-shot tasks, for the instability score.
+    """
+    CREATE TABLE predictions (
+        fingerprint TEXT NOT NULL,
+        task        TEXT NOT NULL,
+        spec_hash   TEXT NOT NULL,
+        dtype       TEXT NOT NULL,
+        data        BLOB NOT NULL,
+        created_at  REAL NOT NULL,
+        PRIMARY KEY (fingerprint, task, spec_hash)
     );
     """,
 ]
@@ -304,6 +317,27 @@ class Store:
         by_fp = {c.fingerprint: c.id for c in ckpts}
         return {by_fp[fp]: v for fp, t, v, _, _ in self._latest("labels", "target", list(by_fp))
                 if t == target and v is not None}
+
+    def put_predictions(self, fingerprint: str, task: str, predictions: np.ndarray, *, spec_hash: str) -> None:
+        """Per-example predictions of one task (e.g. the chosen answer index per example),
+        stored compactly as raw bytes of a 1-D array."""
+        arr = np.ascontiguousarray(predictions).ravel()
+        self.conn.execute(
+            "INSERT OR REPLACE INTO predictions(fingerprint, task, spec_hash, dtype, data, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?)", (fingerprint, task, spec_hash, arr.dtype.str, arr.tobytes(), time.time()))
+
+    def predictions(self, task: str, fingerprints: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """``{fingerprint: array}`` of the newest stored predictions of ``task``."""
+        rows = self.conn.execute(
+            "SELECT p.fingerprint, p.dtype, p.data FROM predictions p JOIN "
+            "(SELECT MAX(rowid) AS r FROM predictions WHERE task=? GROUP BY fingerprint) m ON p.rowid = m.r",
+            (task,)).fetchall()
+        wanted = None if fingerprints is None else set(fingerprints)
+        return {fp: np.frombuffer(data, dtype=np.dtype(dt)).copy() for fp, dt, data in rows
+                if wanted is None or fp in wanted}
+
+    def prediction_tasks(self) -> list[str]:
+        return [r[0] for r in self.conn.execute("SELECT DISTINCT task FROM predictions ORDER BY task")]
 
     def feature_names(self, fingerprint: str) -> set[str]:
         """Names of the features stored for one checkpoint (a stored missing value counts)."""
