@@ -58,6 +58,33 @@ def cmd_import_table(args) -> int:
     return 0
 
 
+def cmd_add(args) -> int:
+    from ckptsel.checkpoints import add_checkpoints
+    from ckptsel.store import Store
+
+    ws = _workspace(args).ensure()
+    errors: list[tuple[str, str]] = []
+    with Store(ws.db_path) as store:
+        added = add_checkpoints(store, args.paths, run=args.run, allow_pickle=args.allow_pickle, errors=errors)
+    if args.json:
+        _print_json({"added": [c.__dict__ for c in added],
+                     "errors": [{"path": p, "error": e} for p, e in errors]})
+    else:
+        if added:
+            print(f"{'id':<40} {'run':<24} {'step':>8}  fingerprint")
+        for c in added:
+            print(f"{c.id:<40} {c.run or '-':<24} {'-' if c.step is None else c.step:>8}  {c.fingerprint}")
+        print(f"added {len(added)} checkpoint{'s' * (len(added) != 1)} to {ws.db_path}"
+              + (f"; {len(errors)} failed" if errors else ""))
+        no_tok = [c.id for c in added if not c.metadata.get("tokenizer")]
+        if no_tok:
+            print(f"note: no tokenizer in {', '.join(no_tok)}; indicators will refuse "
+                  f"{'them' if len(no_tok) > 1 else 'it'} until one is saved there", file=sys.stderr)
+    for _, e in errors:
+        print(f"ckptsel: error: {e}", file=sys.stderr)
+    return 1 if errors else 0
+
+
 def cmd_list(args) -> int:
     from ckptsel.store import Store
 
@@ -190,6 +217,72 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_import_lm_eval(args) -> int:
+    from ckptsel.lmeval_import import import_lm_eval
+    from ckptsel.store import Store
+
+    ws = _workspace(args).ensure()
+    with Store(ws.db_path) as store:
+        summary = import_lm_eval(store, args.paths, run=args.run)
+    if args.json:
+        _print_json(summary.__dict__)
+    else:
+        print(summary.describe())
+    return 0
+
+
+def cmd_stability(args) -> int:
+    from ckptsel.stability import DEFAULT_PLOT_WINDOW, format_stability, plot_stability, run_stability
+    from ckptsel.store import Store
+
+    ws = _workspace(args)
+    with Store(ws.db_path, create=False) as store:
+        result = run_stability(store, args.run, args.feature or None, window=args.window)
+        if args.plot:
+            names = list(result["features"])
+            path, n = plot_stability(store, args.run, names, args.plot, window=args.window or DEFAULT_PLOT_WINDOW)
+            note = "; choose them with --feature" if n < len(names) else ""
+            print(f"wrote {path} ({n} of {len(names)} features{note})", file=sys.stderr)
+    if args.json:
+        _print_json(result)
+    else:
+        print(format_stability(result))
+    return 0
+
+
+def cmd_indicators(args) -> int:
+    from pathlib import Path
+
+    from ckptsel.indicators import run_indicators
+    from ckptsel.indicators.spec import load_spec
+    from ckptsel.store import Store
+
+    spec = load_spec(args.spec)
+    ws = _workspace(args).ensure()
+    with Store(ws.db_path) as store:
+        ckpts, seen = [], set()
+        for ref in args.checkpoints:
+            if Path(ref).expanduser().is_dir():
+                from ckptsel.checkpoints import add_checkpoints
+
+                found = add_checkpoints(store, [ref], run=args.run, allow_pickle=args.allow_pickle)
+            else:
+                found = [store.get_checkpoint(ref)]
+            for c in found:
+                if c.id not in seen:
+                    seen.add(c.id)
+                    ckpts.append(c)
+        report = run_indicators(store, ckpts, spec, device=args.device, dtype=args.dtype,
+                                batch_size=args.batch_size, average_window=args.average_window,
+                                ensemble_window=args.ensemble_window, allow_pickle=args.allow_pickle,
+                                progress=False if args.no_progress else None)
+    if args.json:
+        _print_json({"spec": spec.name, "checkpoints": [c.id for c in ckpts], **report.__dict__})
+    else:
+        print(report.describe())
+    return 0
+
+
 def cmd_demo(args) -> int:
     from ckptsel.demo import run_demo
 
@@ -279,6 +372,71 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=5000)
     p.add_argument("--workers", type=int, default=1)
 
+    p = add("import-lm-eval", cmd_import_lm_eval,
+            "import lm-evaluation-harness result files (0.3 or 0.4 layout) as lmeval/<task>/<metric> features",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            epilog="Each file is one checkpoint (run, step).\n"
+                   "  step: revision=stepN in config.model_args, else the file name ..._stepN.json\n"
+                   "  run:  --run, else the file's two parent folders, e.g.\n"
+                   "        pythia-evals/pythia-160m/zero-shot/160m_step1000.json -> pythia-160m/zero-shot\n"
+                   "A checkpoint with that run and step keeps its id and fingerprint; otherwise <run>@<step>\n"
+                   "is created. The ',none' filter suffix is dropped (acc,none -> acc), other filters kept;\n"
+                   "*_stderr metrics are not stored. All files are validated, then written in one transaction.")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="result files, or directories searched for *.json")
+    p.add_argument("--run", help="run name for every file (default: the two parent folders of each file)")
+    p.add_argument("--json", action="store_true", help="print the import summary as JSON")
+
+    p = add("stability", cmd_stability,
+            "mean total variation (MTV) and instability score (IS) of features along a run "
+            "(Nishida et al., arXiv 2510.04848)",
+            epilog="MTV = 1/(m-1) sum_t |L(step_t+1) - L(step_t)| over the run's checkpoints ordered by step; "
+                   "IS = mean over adjacent pairs of the fraction of examples whose prediction changes "
+                   "(null without stored per-example predictions). Checkpoints without a value are skipped.")
+    p.add_argument("--run", required=True, help="the run whose checkpoints to order by step")
+    p.add_argument("--feature", action="append", metavar="NAME",
+                   help="a numeric feature (repeatable; default: all but stability/* and step)")
+    p.add_argument("--window", type=int, metavar="K",
+                   help="also store MTV/IS over the last K checkpoints up to each one as features "
+                        "stability/<feature>/mtv@K and .../is@K (K>=2; shorter windows at the start)")
+    p.add_argument("--json", action="store_true",
+                   help='print {"run", "n_checkpoints", "features": {NAME: {"mtv", "is"[, "window"]}}}')
+    p.add_argument("--plot", metavar="FILE.png",
+                   help="write a PNG: each feature's curve over steps with its trailing mean over K "
+                        "(--window, default 5); at most 12 panels")
+
+    p = add("add", cmd_add, "register checkpoint directories or run directories (fingerprinted by their weights)",
+            epilog="A checkpoint directory has config.json and model.safetensors (or sharded safetensors); a run "
+                   "directory has checkpoint-<N>, step<N>, step-<N> or global_step<N> subdirectories. "
+                   "Ids are RUN@STEP. Exit status 1 when some checkpoint could not be added.")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="checkpoint or run directory")
+    p.add_argument("--run", help="run name (default: the run directory's name)")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="accept pickled .bin weights (unpickling can run code: only for files you trust)")
+    p.add_argument("--json", action="store_true", help='print {"added": [...], "errors": [{"path", "error"}]}')
+
+    p = add("indicators", cmd_indicators,
+            "compute perplexity, span-corruption perplexity and k-shot indicators of checkpoints into the store",
+            epilog="Features: ppl/<corpus>/{bits_per_byte,byte_perplexity,word_perplexity,token_perplexity}, "
+                   "ppl_sc/<name>/{token_perplexity,bits_per_byte}, kshot/<task>/{acc,acc_norm,exact_match}; "
+                   "window features avg@K/<feature> and ens@K/<feature>. Stored per (checkpoint fingerprint, "
+                   "feature, spec hash): a rerun computes only what is missing. "
+                   "See them with `ckptsel features show CKPT --json`.")
+    p.add_argument("checkpoints", nargs="+", metavar="CKPT",
+                   help="checkpoint or run directory (added to the store), or id / run@step of a stored checkpoint")
+    p.add_argument("--spec", required=True, help="indicator spec, e.g. configs/indicators/default.yaml")
+    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    p.add_argument("--dtype", help="float32, bfloat16, float16 or auto (default: bfloat16 on cuda, float32 on cpu)")
+    p.add_argument("--batch-size", type=int, help="sequences per forward pass (default: the spec's)")
+    p.add_argument("--average-window", type=int, metavar="K",
+                   help="also score the parameter average of each checkpoint and its K-1 predecessors (avg@K/...)")
+    p.add_argument("--ensemble-window", type=int, metavar="K",
+                   help="also score the ensemble (mean probabilities) of each checkpoint and its K-1 "
+                        "predecessors (ens@K/...)")
+    p.add_argument("--run", help="run name for checkpoint directories added here")
+    p.add_argument("--allow-pickle", action="store_true", help="accept pickled .bin weights (only files you trust)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--json", action="store_true", help="print what was computed as JSON")
+
     p = add("demo", cmd_demo, "run the whole pipeline on a small example table in ./ckptsel-demo")
     return parser
 
@@ -305,6 +463,11 @@ def _run(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
     except KeyboardInterrupt:
         print(f"{parser.prog}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `ckptsel rank --all | head`: the reader left; not an error
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def main(argv: list[str] | None = None) -> int:
