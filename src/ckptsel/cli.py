@@ -283,6 +283,25 @@ def cmd_indicators(args) -> int:
     return 0
 
 
+def cmd_average(args) -> int:
+    import time
+
+    from ckptsel.averaging import average_checkpoints
+
+    started = time.perf_counter()
+    out = average_checkpoints(args.checkpoints, args.output, args.weights, max_shard_size=args.max_shard_size,
+                              overwrite=args.overwrite, progress=sys.stderr.isatty())
+    record = json.loads((out / "ckptsel_average.json").read_text())
+    record = {"output": str(out), **record, "seconds": round(time.perf_counter() - started, 3)}
+    if args.json:
+        _print_json(record)
+    else:
+        weights = ", ".join(f"{w:.4g}" for w in record["weights"])
+        print(f"wrote {out}: the mean of {len(record['inputs'])} checkpoints (weights {weights}) "
+              f"in {record['seconds']:.1f}s; config and tokenizer from {record['config_from']}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from ckptsel.demo import run_demo
 
@@ -436,6 +455,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-pickle", action="store_true", help="accept pickled .bin weights (only files you trust)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print what was computed as JSON")
+
+    p = add("average", cmd_average,
+            "write the (weighted) parameter mean of checkpoints as a new checkpoint (Nishida et al., arXiv 2510.04848)",
+            epilog="Every tensor is sum_i w_i theta_i / sum_i w_i, accumulated in float32 with mergekit linear's "
+                   "arithmetic and cast back to the checkpoints' dtype, streamed in blocks, so memory stays "
+                   "a few blocks of tensors whatever the model size. Safetensors inputs only; they must share "
+                   "architecture and tensor names, shapes and dtypes. OUT gets the config and tokenizer of "
+                   "the LAST checkpoint.")
+    p.add_argument("checkpoints", nargs="+", metavar="CKPT", help="checkpoint directories (config.json + safetensors)")
+    p.add_argument("-o", "--output", required=True, metavar="OUT", help="directory to write (must not exist)")
+    p.add_argument("--weights", metavar="W1,W2,...",
+                   help="one weight >= 0 per checkpoint, normalised to sum 1 (default: uniform)")
+    p.add_argument("--max-shard-size", default="5GB",
+                   help="split the output into shards of at most this size, with an index (default 5GB)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (only once the new one is written)")
+    p.add_argument("--json", action="store_true", help="print the output path, inputs, weights and seconds as JSON")
 
     p = add("demo", cmd_demo, "run the whole pipeline on a small example table in ./ckptsel-demo")
     return parser
