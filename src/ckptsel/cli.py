@@ -275,7 +275,7 @@ def cmd_indicators(args) -> int:
         report = run_indicators(store, ckpts, spec, device=args.device, dtype=args.dtype,
                                 batch_size=args.batch_size, average_window=args.average_window,
                                 ensemble_window=args.ensemble_window, allow_pickle=args.allow_pickle,
-                                progress=False if args.no_progress else None)
+                                threads=args.threads, progress=False if args.no_progress else None)
     if args.json:
         _print_json({"spec": spec.name, "checkpoints": [c.id for c in ckpts], **report.__dict__})
     else:
@@ -451,6 +451,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ensemble-window", type=int, metavar="K",
                    help="also score the ensemble (mean probabilities) of each checkpoint and its K-1 "
                         "predecessors (ens@K/...)")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="CPU threads while scoring (default: 1 for models under 20M parameters, else torch's)")
     p.add_argument("--run", help="run name for checkpoint directories added here")
     p.add_argument("--allow-pickle", action="store_true", help="accept pickled .bin weights (only files you trust)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -1,0 +1,251 @@
+"""Pre-training indicators of checkpoints, computed from the weights and cached in the store.
+
+``run_indicators(store, checkpoints, spec)`` computes, for each checkpoint, every indicator
+of an :class:`~ckptsel.indicators.spec.IndicatorSpec` whose features are not yet stored under
+(fingerprint, feature name, the indicator's spec hash), and stores them:
+
+- ``ppl/<corpus>/{bits_per_byte,byte_perplexity,word_perplexity,token_perplexity}``
+  (:mod:`.perplexity`, lm-eval's rolling log-likelihood);
+- ``ppl_sc/<name>/{token_perplexity,bits_per_byte}`` (:mod:`.span_corruption`, PPL-SC);
+- ``kshot/<task>/{acc,acc_norm}`` or ``kshot/<task>/exact_match`` (:mod:`.kshot`), with the
+  per-example predictions stored as ``kshot/<task>``.
+
+Window features: with ``average_window=K`` the same indicators are computed
+on the parameter average of each checkpoint and its K−1 predecessors in its run (by step;
+fewer at the start of a run) and stored as ``avg@K/<feature>``; with ``ensemble_window=K``, on
+the ensemble of those K models (mean of their output probabilities per token), stored as
+``ens@K/<feature>``. Their spec hash also covers the window's member fingerprints, so a
+window that changes (a predecessor added later) is recomputed.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+from ckptsel.errors import CkptselError
+from ckptsel.indicators.spec import IndicatorSpec, Unit, load_spec
+from ckptsel.store import Checkpoint, Store
+
+__all__ = ["run_indicators", "IndicatorRun", "load_spec", "IndicatorSpec", "window_members"]
+
+
+@dataclass
+class IndicatorRun:
+    """What a call computed: features stored per checkpoint id, units skipped as cached."""
+
+    computed: dict[str, list[str]] = field(default_factory=dict)
+    cached_units: int = 0
+    computed_units: int = 0
+    seconds: float = 0.0
+
+    def describe(self) -> str:
+        n_feat = sum(len(v) for v in self.computed.values())
+        return (f"computed {self.computed_units} indicator(s) ({n_feat} features) for "
+                f"{sum(1 for v in self.computed.values() if v)} checkpoint(s), {self.cached_units} already "
+                f"stored, in {self.seconds:.1f}s")
+
+
+def stored_names(store: Store, fingerprint: str, spec_hash: str) -> set[str]:
+    """Feature names stored for a checkpoint under one spec hash."""
+    return {r[0] for r in store.conn.execute(
+        "SELECT name FROM features WHERE fingerprint=? AND spec_hash=?", (fingerprint, spec_hash))}
+
+
+def _has_predictions(store: Store, fingerprint: str, task: str, spec_hash: str) -> bool:
+    return store.conn.execute("SELECT 1 FROM predictions WHERE fingerprint=? AND task=? AND spec_hash=?",
+                              (fingerprint, task, spec_hash)).fetchone() is not None
+
+
+def window_members(store: Store, ckpt: Checkpoint, k: int) -> list[Checkpoint]:
+    """``ckpt`` and up to ``k − 1`` predecessors in its run, ordered by step (oldest first).
+
+    A checkpoint without a run or step is its own window."""
+    if k < 1:
+        raise CkptselError(f"window size must be at least 1, not {k}")
+    if ckpt.run is None or ckpt.step is None:
+        return [ckpt]
+    same_run = [c for c in store.checkpoints() if c.run == ckpt.run and c.step is not None and c.step <= ckpt.step]
+    same_run.sort(key=lambda c: (c.step, c.id))
+    return same_run[-k:]
+
+
+@dataclass
+class _Job:
+    """Units to compute for one scoring model, and how to store them."""
+
+    fingerprint: str
+    ckpt_id: str
+    prefix: str  # "" | "avg@K/" | "ens@K/"
+    units: list[tuple[Unit, str]]  # (unit, spec hash)
+
+
+def _missing(store: Store, fingerprint: str, units: Sequence[Unit], prefix: str, dtype_name: str,
+             window: dict | None) -> tuple[list[tuple[Unit, str]], int]:
+    todo, cached = [], 0
+    for u in units:
+        h = u.spec_hash(dtype=dtype_name, window=window)
+        have = stored_names(store, fingerprint, h)
+        done = all(prefix + n in have for n in u.feature_names) and (
+            u.prediction_task is None or _has_predictions(store, fingerprint, prefix + u.prediction_task, h))
+        if done:
+            cached += 1
+        else:
+            todo.append((u, h))
+    return todo, cached
+
+
+def _compute_unit(lm, unit: Unit, *, batch_size: int, progress: bool, label: str):
+    """``(features without prefix, predictions or None)`` of one indicator on one model."""
+    from ckptsel.indicators.kshot import run_task
+    from ckptsel.indicators.perplexity import corpus_perplexity
+    from ckptsel.indicators.span_corruption import span_corruption_perplexity
+    from ckptsel.indicators.spec import load_documents
+
+    s = unit.settings
+    if unit.kind == "ppl":
+        docs = load_documents(s.path, s.max_documents)
+        vals = corpus_perplexity(lm, docs, batch_size=batch_size, progress=progress,
+                                 desc=f"{label} ppl/{unit.name}")
+        return {f"ppl/{unit.name}/{k}": v for k, v in vals.items()}, None
+    if unit.kind == "ppl_sc":
+        docs = load_documents(s.path, s.max_documents)
+        vals = span_corruption_perplexity(lm, docs, seed=s.seed, noise_density=s.noise_density,
+                                          mean_span_length=s.mean_span_length, max_words=s.max_words,
+                                          batch_size=batch_size, progress=progress,
+                                          desc=f"{label} ppl_sc/{unit.name}")
+        return {f"ppl_sc/{unit.name}/{k}": v for k, v in vals.items()}, None
+    result = run_task(lm, s, batch_size=batch_size, progress=progress)
+    return {f"kshot/{unit.name}/{k}": v for k, v in result.metrics.items()}, result.predictions
+
+
+def _run_job(store: Store, lm, job: _Job, *, batch_size: int, progress: bool, report: IndicatorRun) -> None:
+    for unit, h in job.units:
+        feats, preds = _compute_unit(lm, unit, batch_size=batch_size, progress=progress,
+                                     label=f"{job.prefix}{job.ckpt_id}")
+        with store.transaction():
+            store.put_features(job.fingerprint, {job.prefix + k: v for k, v in feats.items()}, spec_hash=h)
+            if preds is not None:
+                store.put_predictions(job.fingerprint, job.prefix + unit.prediction_task, preds, spec_hash=h)
+        report.computed.setdefault(job.ckpt_id, []).extend(job.prefix + k for k in feats)
+        report.computed_units += 1
+
+
+class _ModelCache:
+    """Loaded models by path, keeping the most recent ``capacity`` (an ensemble window slides
+    by one checkpoint, so K+1 slots load each model once per run)."""
+
+    def __init__(self, loader: Callable[[str], object], capacity: int):
+        self.loader, self.capacity = loader, max(1, capacity)
+        self.items: dict[str, object] = {}
+
+    def get(self, path: str):
+        if path in self.items:
+            self.items[path] = self.items.pop(path)
+        else:
+            self.items[path] = self.loader(path)
+            while len(self.items) > self.capacity:
+                self.items.pop(next(iter(self.items)))
+        return self.items[path]
+
+
+def run_indicators(store: Store, checkpoints: Sequence[Checkpoint], spec: IndicatorSpec, *,
+                   device: str | None = None, dtype: str | None = None, batch_size: int | None = None,
+                   average_window: int | None = None, ensemble_window: int | None = None,
+                   progress: bool | None = None, allow_pickle: bool = False, threads: int | None = None,
+                   log: Callable[[str], None] | None = None) -> IndicatorRun:
+    """Compute and store the spec's missing indicators for ``checkpoints`` (see module).
+
+    ``threads``: intra-op CPU threads while scoring (default: one for models under 20M
+    parameters, torch's default otherwise; 0: torch's default)."""
+    from ckptsel.checkpoints import resolve_device_dtype
+
+    start = time.perf_counter()
+    progress = sys.stderr.isatty() if progress is None else progress
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    batch_size = batch_size or spec.batch_size
+    units = spec.units()
+    dev, torch_dtype = resolve_device_dtype(dtype, device)
+    dtype_name = str(torch_dtype).replace("torch.", "")
+    report = IndicatorRun()
+    for k, what in ((average_window, "--average-window"), (ensemble_window, "--ensemble-window")):
+        if k is not None and k < 1:
+            raise CkptselError(f"{what} must be at least 1, not {k}")
+    for c in checkpoints:
+        if not c.path or not Path(c.path).is_dir():
+            raise CkptselError(f"checkpoint {c.id} has no directory on disk ({c.path}); indicators need the "
+                               "weights: add it with `ckptsel add PATH`")
+
+    from ckptsel.indicators.lm import EnsembleLM, HFScoringLM
+
+    def load(path: str) -> HFScoringLM:
+        from transformers.utils import logging as hf_logging
+
+        from ckptsel.checkpoints import load_model
+
+        bars = hf_logging.is_progress_bar_enabled()
+        if not progress:
+            hf_logging.disable_progress_bar()
+        try:
+            model, tok = load_model(path, allow_pickle=allow_pickle, dtype=torch_dtype, device=dev)
+        finally:
+            if bars:
+                hf_logging.enable_progress_bar()
+        return HFScoringLM(model, tok, max_length=spec.max_length, threads=threads)
+
+    cache = _ModelCache(load, (ensemble_window or 1) + 1)
+    for c in checkpoints:
+        todo, cached = _missing(store, c.fingerprint, units, "", dtype_name, None)
+        report.cached_units += cached
+        if todo:
+            log(f"{c.id}: {len(todo)} indicator(s) to compute")
+            _run_job(store, cache.get(c.path), _Job(c.fingerprint, c.id, "", todo),
+                     batch_size=batch_size, progress=progress, report=report)
+        for kind, k in (("avg", average_window), ("ens", ensemble_window)):
+            if not k:
+                continue
+            members = window_members(store, c, k)
+            window = {"kind": kind, "k": k, "members": [m.fingerprint for m in members]}
+            prefix = f"{kind}@{k}/"
+            todo, cached = _missing(store, c.fingerprint, units, prefix, dtype_name, window)
+            report.cached_units += cached
+            if not todo:
+                continue
+            missing = [m.id for m in members if not m.path or not Path(m.path).is_dir()]
+            if missing:
+                raise CkptselError(f"window of {c.id} needs {missing[0]}, which has no directory on disk; "
+                                   "re-add it with `ckptsel add PATH`")
+            log(f"{c.id}: {len(todo)} indicator(s) on the {kind} of {len(members)} checkpoint(s)")
+            job = _Job(c.fingerprint, c.id, prefix, todo)
+            if kind == "ens":
+                lms = [cache.get(m.path) for m in members]
+                _check_same_tokenizer(lms, [m.id for m in members])
+                lm = lms[0] if len(lms) == 1 else EnsembleLM(lms)
+                _run_job(store, lm, job, batch_size=batch_size, progress=progress, report=report)
+            else:
+                _run_average_job(store, members, job, load, batch_size=batch_size, progress=progress,
+                                 report=report)
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _run_average_job(store, members, job, load, *, batch_size, progress, report) -> None:
+    from ckptsel.averaging import average_checkpoints
+
+    with tempfile.TemporaryDirectory(prefix="ckptsel-avg-") as tmp:
+        out = average_checkpoints([m.path for m in members], Path(tmp) / "average")
+        lm = load(str(out))
+        _run_job(store, lm, job, batch_size=batch_size, progress=progress, report=report)
+        del lm
+
+
+def _check_same_tokenizer(lms, ids) -> None:
+    ref = lms[-1].tokenizer.get_vocab()
+    for lm, cid in zip(lms, ids):
+        if lm.tokenizer.get_vocab() != ref:
+            raise CkptselError(f"checkpoint {cid} has another tokenizer than {ids[-1]}; an ensemble needs one "
+                               "vocabulary (use --average-window or check the run)")
