@@ -11,16 +11,9 @@ from ckptsel.errors import CkptselError
 from ckptsel.evaluation import Split, correctness, drop_empty_features, evaluate, splits
 from ckptsel.predictor import PairwisePredictor
 from ckptsel.store import FeatureFrame
+from frames import frame
 
 
-def frame(ids, numeric: dict, categorical: dict | None = None) -> FeatureFrame:
-    categorical = categorical or {}
-    n = len(ids)
-    num = np.array([numeric[k] for k in numeric], dtype=float).T.reshape(n, len(numeric))
-    cat = np.empty((n, len(categorical)), dtype=object)
-    for j, k in enumerate(categorical):
-        cat[:, j] = categorical[k]
-    return FeatureFrame(list(ids), list(numeric), num, list(categorical), cat)
 
 
 class Recording:

@@ -12,18 +12,11 @@ from ckptsel.errors import CkptselError
 from ckptsel.predictor import (DirectionBaseline, FeatureSchema, PairwisePredictor, ordered_pairs,
                                pair_matrix, pair_scores)
 from ckptsel.store import FeatureFrame
+from frames import frame
 
 SMALL = dict(n_estimators=30, min_child_samples=2, num_leaves=4)
 
 
-def frame(ids, numeric: dict, categorical: dict | None = None) -> FeatureFrame:
-    categorical = categorical or {}
-    n = len(ids)
-    num = np.array([numeric[k] for k in numeric], dtype=float).T.reshape(n, len(numeric))
-    cat = np.empty((n, len(categorical)), dtype=object)
-    for j, k in enumerate(categorical):
-        cat[:, j] = categorical[k]
-    return FeatureFrame(list(ids), list(numeric), num, list(categorical), cat)
 
 
 def quality_table(n: int, seed: int):
