@@ -339,10 +339,23 @@ class Store:
     def prediction_tasks(self) -> list[str]:
         return [r[0] for r in self.conn.execute("SELECT DISTINCT task FROM predictions ORDER BY task")]
 
-    def feature_names(self, fingerprint: str) -> set[str]:
-        """Names of the features stored for one checkpoint (a stored missing value counts)."""
-        return {r[0] for r in self.conn.execute(
-            "SELECT DISTINCT name FROM features WHERE fingerprint=?", (fingerprint,))}
+    def feature_names(self, fingerprint: str, spec_hash: str | None = None) -> set[str]:
+        """Names of the features stored for one checkpoint (a stored missing value counts),
+        under any spec or under one ``spec_hash``."""
+        if spec_hash is None:
+            rows = self.conn.execute("SELECT DISTINCT name FROM features WHERE fingerprint=?", (fingerprint,))
+        else:
+            rows = self.conn.execute("SELECT name FROM features WHERE fingerprint=? AND spec_hash=?",
+                                     (fingerprint, spec_hash))
+        return {r[0] for r in rows}
+
+    def has_predictions(self, fingerprint: str, task: str, spec_hash: str) -> bool:
+        return self.conn.execute("SELECT 1 FROM predictions WHERE fingerprint=? AND task=? AND spec_hash=?",
+                                 (fingerprint, task, spec_hash)).fetchone() is not None
+
+    def delete_label(self, fingerprint: str, target: str, spec_hash: str) -> None:
+        self.conn.execute("DELETE FROM labels WHERE fingerprint=? AND target=? AND spec_hash=?",
+                          (fingerprint, target, spec_hash))
 
     def targets(self) -> list[str]:
         return [r[0] for r in self.conn.execute("SELECT DISTINCT target FROM labels ORDER BY target")]

@@ -209,6 +209,5 @@ def import_table(store: Store, path: str | Path, *, id_column: str, labels: Sequ
                 if vals[i] is not None:
                     store.put_label(ckpt.fingerprint, label, vals[i], spec_hash=IMPORT_SPEC)
                 else:  # an emptied cell removes the label this table set before
-                    store.conn.execute("DELETE FROM labels WHERE fingerprint=? AND target=? AND spec_hash=?",
-                                       (ckpt.fingerprint, label, IMPORT_SPEC))
+                    store.delete_label(ckpt.fingerprint, label, IMPORT_SPEC)
     return ImportSummary(str(path), len(ids), sorted(numeric), sorted(categorical), list(labels), missing)

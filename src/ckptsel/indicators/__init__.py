@@ -50,15 +50,6 @@ class IndicatorRun:
                 f"stored, in {self.seconds:.1f}s")
 
 
-def stored_names(store: Store, fingerprint: str, spec_hash: str) -> set[str]:
-    """Feature names stored for a checkpoint under one spec hash."""
-    return {r[0] for r in store.conn.execute(
-        "SELECT name FROM features WHERE fingerprint=? AND spec_hash=?", (fingerprint, spec_hash))}
-
-
-def _has_predictions(store: Store, fingerprint: str, task: str, spec_hash: str) -> bool:
-    return store.conn.execute("SELECT 1 FROM predictions WHERE fingerprint=? AND task=? AND spec_hash=?",
-                              (fingerprint, task, spec_hash)).fetchone() is not None
 
 
 def window_members(store: Store, ckpt: Checkpoint, k: int) -> list[Checkpoint]:
@@ -89,9 +80,9 @@ def _missing(store: Store, fingerprint: str, units: Sequence[Unit], prefix: str,
     todo, cached = [], 0
     for u in units:
         h = u.spec_hash(dtype=dtype_name, window=window)
-        have = stored_names(store, fingerprint, h)
+        have = store.feature_names(fingerprint, h)
         done = all(prefix + n in have for n in u.feature_names) and (
-            u.prediction_task is None or _has_predictions(store, fingerprint, prefix + u.prediction_task, h))
+            u.prediction_task is None or store.has_predictions(fingerprint, prefix + u.prediction_task, h))
         if done:
             cached += 1
         else:
