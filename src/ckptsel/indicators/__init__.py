@@ -50,8 +50,6 @@ class IndicatorRun:
                 f"stored, in {self.seconds:.1f}s")
 
 
-
-
 def window_members(store: Store, ckpt: Checkpoint, k: int) -> list[Checkpoint]:
     """``ckpt`` and up to ``k − 1`` predecessors in its run, ordered by step (oldest first).
 
