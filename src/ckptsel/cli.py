@@ -302,6 +302,40 @@ def cmd_average(args) -> int:
     return 0
 
 
+def cmd_finetune(args) -> int:
+    from pathlib import Path
+
+    from ckptsel.finetune import load_task, run_finetune
+    from ckptsel.store import Store
+
+    task = load_task(args.task)
+    try:
+        seeds = [int(s) for s in _csv_list(args.seeds)]
+    except ValueError as e:
+        raise CkptselError(f"--seeds {args.seeds!r} must be comma-separated integers, e.g. 0,1,2") from e
+    ws = _workspace(args).ensure()
+    with Store(ws.db_path) as store:
+        ckpts, seen = [], set()
+        for ref in args.checkpoints:
+            if Path(ref).expanduser().is_dir():
+                from ckptsel.checkpoints import add_checkpoints
+
+                found = add_checkpoints(store, [ref], run=args.run)
+            else:
+                found = [store.get_checkpoint(ref)]
+            for c in found:
+                if c.id not in seen:
+                    seen.add(c.id)
+                    ckpts.append(c)
+        report = run_finetune(store, ckpts, task, workspace=ws.root, seeds=seeds, device=args.device,
+                              progress=False if args.no_progress else None)
+    if args.json:
+        _print_json(report.__dict__)
+    else:
+        print(report.describe())
+    return 0
+
+
 def cmd_demo(args) -> int:
     from ckptsel.demo import run_demo
 
@@ -473,6 +507,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="split the output into shards of at most this size, with an index (default 5GB)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (only once the new one is written)")
     p.add_argument("--json", action="store_true", help="print the output path, inputs, weights and seconds as JSON")
+
+    p = add("finetune", cmd_finetune,
+            "fine-tune checkpoints on an SFT task (LoRA by default) and store the outcome as a label",
+            epilog="The label is sft/<task>/<metric>: the mean over seeds (std and n stored too), keyed by the "
+                   "checkpoint fingerprint and the hash of the task spec, its data files and the seeds. "
+                   "Adapters go to <workspace>/adapters/. Checkpoints already labelled are skipped.")
+    p.add_argument("checkpoints", nargs="+", metavar="CKPT", help="checkpoint directories, run directories or ids")
+    p.add_argument("--task", required=True, help="SFT task YAML (configs/sft/NAME.yaml)")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds (default 0); the label is their mean")
+    p.add_argument("--run", help="run name for checkpoints added from directories")
+    p.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
 
     p = add("demo", cmd_demo, "run the whole pipeline on a small example table in ./ckptsel-demo")
     return parser

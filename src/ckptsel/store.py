@@ -353,6 +353,10 @@ class Store:
         return self.conn.execute("SELECT 1 FROM predictions WHERE fingerprint=? AND task=? AND spec_hash=?",
                                  (fingerprint, task, spec_hash)).fetchone() is not None
 
+    def has_label(self, fingerprint: str, target: str, spec_hash: str) -> bool:
+        return self.conn.execute("SELECT 1 FROM labels WHERE fingerprint=? AND target=? AND spec_hash=?",
+                                 (fingerprint, target, spec_hash)).fetchone() is not None
+
     def delete_label(self, fingerprint: str, target: str, spec_hash: str) -> None:
         self.conn.execute("DELETE FROM labels WHERE fingerprint=? AND target=? AND spec_hash=?",
                           (fingerprint, target, spec_hash))
