@@ -13,13 +13,18 @@ import sys
 from ckptsel.errors import CkptselError
 
 EPILOG = """\
-typical session:
+the pipeline:
+  ckptsel add runs/mix-a runs/mix-b                       # checkpoints, fingerprinted by their weights
+  ckptsel indicators --spec configs/indicators/default.yaml runs/mix-a runs/mix-b
+  ckptsel finetune mix-a@3000 mix-b@3000 --task configs/sft/tiny_mc.yaml    # the labels you pay for
+  ckptsel evaluate --target sft/tiny_mc/acc --split group:run
+  ckptsel train --target sft/tiny_mc/acc --name mc --alias champion
+  ckptsel predict-pair mix-a@6000 mix-b@6000 --model mc
+  ckptsel rank --all --model mc --top 10
+  ckptsel serve --name mc@champion --port 5000
+
+or start from a table you already have:
   ckptsel import-table zoo.csv --id-column model_id --labels ft_mnli,ft_squad
-  ckptsel evaluate --target ft_mnli --split random:0.6 --repeats 20
-  ckptsel train --target ft_mnli --name mnli --alias champion
-  ckptsel predict-pair run-a@3000 run-b@3000 --model mnli
-  ckptsel rank --all --model mnli --top 10
-  ckptsel serve --name mnli@champion --port 5000
 
 State lives in the workspace (--workspace, $CKPTSEL_HOME, or the current directory):
 ckptsel.db (the store), mlflow.db + mlartifacts/ (MLflow), models/<name>/ (exported predictors).
@@ -365,65 +370,20 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
+    p = add("add", cmd_add, "register checkpoint directories or run directories (fingerprinted by their weights)",
+            epilog="A checkpoint directory has config.json and model.safetensors (or sharded safetensors); a run "
+                   "directory has checkpoint-<N>, step<N>, step-<N> or global_step<N> subdirectories. "
+                   "Ids are RUN@STEP. Exit status 1 when some checkpoint could not be added.")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="checkpoint or run directory")
+    p.add_argument("--run", help="run name (default: the run directory's name)")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="accept pickled .bin weights (unpickling can run code: only for files you trust)")
+    p.add_argument("--json", action="store_true", help='print {"added": [...], "errors": [{"path", "error"}]}')
+
     p = add("import-table", cmd_import_table, "import a CSV or Parquet table of checkpoints, features and outcomes")
     p.add_argument("file", help="CSV or Parquet file, one row per checkpoint")
     _add_table_args(p, required=True)
     p.add_argument("--json", action="store_true", help="print the import summary as JSON")
-
-    p = add("list", cmd_list, "list the checkpoints and labelled targets in the store")
-    p.add_argument("--targets", action="store_true", help="only the targets and their label counts")
-    p.add_argument("--json", action="store_true")
-
-    p = add("features", None, "show stored features")
-    fsub = p.add_subparsers(dest="features_command", metavar="ACTION", required=True)
-    q = fsub.add_parser("show", help="a checkpoint's stored features (newest spec) as a flat object")
-    q.add_argument("checkpoint", help="checkpoint id, path or run@step")
-    q.add_argument("--workspace", default=argparse.SUPPRESS, help="workspace directory")
-    q.add_argument("--json", action="store_true")
-    q.set_defaults(func=cmd_features_show)
-
-    p = add("evaluate", cmd_evaluate,
-            "pairwise accuracy of the predictor and single-feature baselines on held-out checkpoints",
-            epilog="Each repeat trains on pairs among the training checkpoints only and scores the unordered "
-                   "pairs among the held-out ones whose targets differ (Zeng et al., arXiv 2504.12491).")
-    p.add_argument("--target", required=True, help="label to predict (a fine-tuning outcome)")
-    p.add_argument("--split", default="random:0.6",
-                   help="random:F (train on a fraction F of checkpoints) or group:COLUMN (leave one group out; "
-                        "COLUMN is a categorical feature or 'run'); default random:0.6")
-    p.add_argument("--repeats", type=int, default=20, help="random splits to average over (default 20)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--table", help="import this table first (with --id-column and --labels)")
-    _add_table_args(p, required=False)
-    p.add_argument("--no-mlflow", action="store_true", help="do not log the run to MLflow")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
-
-    p = add("train", cmd_train, "fit on every labelled checkpoint, export to models/NAME, register in MLflow")
-    p.add_argument("--target", required=True)
-    p.add_argument("--name", help="model name (default: ckptsel-<target>)")
-    p.add_argument("--alias", default="champion", help="registry alias to point at the new version ('' for none)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cv-repeats", type=int, default=5, help="random:0.6 repeats for the logged CV metrics")
-    p.add_argument("--json", action="store_true")
-
-    p = add("predict-pair", cmd_predict_pair, "P(checkpoint A fine-tunes better than B), with the reasons")
-    _add_predict_pair_args(p)
-
-    p = add("rank", cmd_rank, "rank candidate checkpoints by expected wins over all pairs")
-    p.add_argument("checkpoints", nargs="*", help="ids, paths or run@step (or --all)")
-    p.add_argument("--all", action="store_true", help="rank every checkpoint in the store")
-    p.add_argument("--model", help="exported predictor name (default: the only one)")
-    p.add_argument("--top", type=int, help="print only the best K")
-    p.add_argument("--method", choices=["borda", "bradley-terry"], default="borda",
-                   help="borda: expected wins (default); bradley-terry: strengths fitted to the pair probabilities")
-    out = p.add_mutually_exclusive_group()
-    out.add_argument("--json", action="store_true")
-    out.add_argument("--csv", action="store_true")
-
-    p = add("serve", cmd_serve, "serve the registered predictor over REST with `mlflow models serve`")
-    p.add_argument("--name", help="NAME@ALIAS, NAME/VERSION or NAME (alias champion); default: the only model")
-    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=5000)
-    p.add_argument("--workers", type=int, default=1)
 
     p = add("import-lm-eval", cmd_import_lm_eval,
             "import lm-evaluation-harness result files (0.3 or 0.4 layout) as lmeval/<task>/<metric> features",
@@ -438,34 +398,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", metavar="PATH", help="result files, or directories searched for *.json")
     p.add_argument("--run", help="run name for every file (default: the two parent folders of each file)")
     p.add_argument("--json", action="store_true", help="print the import summary as JSON")
-
-    p = add("stability", cmd_stability,
-            "mean total variation (MTV) and instability score (IS) of features along a run "
-            "(Nishida et al., arXiv 2510.04848)",
-            epilog="MTV = 1/(m-1) sum_t |L(step_t+1) - L(step_t)| over the run's checkpoints ordered by step; "
-                   "IS = mean over adjacent pairs of the fraction of examples whose prediction changes "
-                   "(null without stored per-example predictions). Checkpoints without a value are skipped.")
-    p.add_argument("--run", required=True, help="the run whose checkpoints to order by step")
-    p.add_argument("--feature", action="append", metavar="NAME",
-                   help="a numeric feature (repeatable; default: all but stability/* and step)")
-    p.add_argument("--window", type=int, metavar="K",
-                   help="also store MTV/IS over the last K checkpoints up to each one as features "
-                        "stability/<feature>/mtv@K and .../is@K (K>=2; shorter windows at the start)")
-    p.add_argument("--json", action="store_true",
-                   help='print {"run", "n_checkpoints", "features": {NAME: {"mtv", "is"[, "window"]}}}')
-    p.add_argument("--plot", metavar="FILE.png",
-                   help="write a PNG: each feature's curve over steps with its trailing mean over K "
-                        "(--window, default 5); at most 12 panels")
-
-    p = add("add", cmd_add, "register checkpoint directories or run directories (fingerprinted by their weights)",
-            epilog="A checkpoint directory has config.json and model.safetensors (or sharded safetensors); a run "
-                   "directory has checkpoint-<N>, step<N>, step-<N> or global_step<N> subdirectories. "
-                   "Ids are RUN@STEP. Exit status 1 when some checkpoint could not be added.")
-    p.add_argument("paths", nargs="+", metavar="PATH", help="checkpoint or run directory")
-    p.add_argument("--run", help="run name (default: the run directory's name)")
-    p.add_argument("--allow-pickle", action="store_true",
-                   help="accept pickled .bin weights (unpickling can run code: only for files you trust)")
-    p.add_argument("--json", action="store_true", help='print {"added": [...], "errors": [{"path", "error"}]}')
 
     p = add("indicators", cmd_indicators,
             "compute perplexity, span-corruption perplexity and k-shot indicators of checkpoints into the store",
@@ -520,6 +452,79 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    p = add("stability", cmd_stability,
+            "mean total variation (MTV) and instability score (IS) of features along a run "
+            "(Nishida et al., arXiv 2510.04848)",
+            epilog="MTV = 1/(m-1) sum_t |L(step_t+1) - L(step_t)| over the run's checkpoints ordered by step; "
+                   "IS = mean over adjacent pairs of the fraction of examples whose prediction changes "
+                   "(null without stored per-example predictions). Checkpoints without a value are skipped.")
+    p.add_argument("--run", required=True, help="the run whose checkpoints to order by step")
+    p.add_argument("--feature", action="append", metavar="NAME",
+                   help="a numeric feature (repeatable; default: all but stability/* and step)")
+    p.add_argument("--window", type=int, metavar="K",
+                   help="also store MTV/IS over the last K checkpoints up to each one as features "
+                        "stability/<feature>/mtv@K and .../is@K (K>=2; shorter windows at the start)")
+    p.add_argument("--json", action="store_true",
+                   help='print {"run", "n_checkpoints", "features": {NAME: {"mtv", "is"[, "window"]}}}')
+    p.add_argument("--plot", metavar="FILE.png",
+                   help="write a PNG: each feature's curve over steps with its trailing mean over K "
+                        "(--window, default 5); at most 12 panels")
+
+    p = add("features", None, "show stored features")
+    fsub = p.add_subparsers(dest="features_command", metavar="ACTION", required=True)
+    q = fsub.add_parser("show", help="a checkpoint's stored features (newest spec) as a flat object")
+    q.add_argument("checkpoint", help="checkpoint id, path or run@step")
+    q.add_argument("--workspace", default=argparse.SUPPRESS, help="workspace directory")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_features_show)
+
+    p = add("list", cmd_list, "list the checkpoints and labelled targets in the store")
+    p.add_argument("--targets", action="store_true", help="only the targets and their label counts")
+    p.add_argument("--json", action="store_true")
+
+    p = add("evaluate", cmd_evaluate,
+            "pairwise accuracy of the predictor and single-feature baselines on held-out checkpoints",
+            epilog="Each repeat trains on pairs among the training checkpoints only and scores the unordered "
+                   "pairs among the held-out ones whose targets differ (Zeng et al., arXiv 2504.12491).")
+    p.add_argument("--target", required=True, help="label to predict (a fine-tuning outcome)")
+    p.add_argument("--split", default="random:0.6",
+                   help="random:F (train on a fraction F of checkpoints) or group:COLUMN (leave one group out; "
+                        "COLUMN is a categorical feature or 'run'); default random:0.6")
+    p.add_argument("--repeats", type=int, default=20, help="random splits to average over (default 20)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--table", help="import this table first (with --id-column and --labels)")
+    _add_table_args(p, required=False)
+    p.add_argument("--no-mlflow", action="store_true", help="do not log the run to MLflow")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    p = add("train", cmd_train, "fit on every labelled checkpoint, export to models/NAME, register in MLflow")
+    p.add_argument("--target", required=True)
+    p.add_argument("--name", help="model name (default: ckptsel-<target>)")
+    p.add_argument("--alias", default="champion", help="registry alias to point at the new version ('' for none)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cv-repeats", type=int, default=5, help="random:0.6 repeats for the logged CV metrics")
+    p.add_argument("--json", action="store_true")
+
+    p = add("predict-pair", cmd_predict_pair, "P(checkpoint A fine-tunes better than B), with the reasons")
+    _add_predict_pair_args(p)
+
+    p = add("rank", cmd_rank, "rank candidate checkpoints by expected wins over all pairs")
+    p.add_argument("checkpoints", nargs="*", help="ids, paths or run@step (or --all)")
+    p.add_argument("--all", action="store_true", help="rank every checkpoint in the store")
+    p.add_argument("--model", help="exported predictor name (default: the only one)")
+    p.add_argument("--top", type=int, help="print only the best K")
+    p.add_argument("--method", choices=["borda", "bradley-terry"], default="borda",
+                   help="borda: expected wins (default); bradley-terry: strengths fitted to the pair probabilities")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true")
+    out.add_argument("--csv", action="store_true")
+
+    p = add("serve", cmd_serve, "serve the registered predictor over REST with `mlflow models serve`")
+    p.add_argument("--name", help="NAME@ALIAS, NAME/VERSION or NAME (alias champion); default: the only model")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--workers", type=int, default=1)
 
     p = add("demo", cmd_demo, "run the whole pipeline on a small example table in ./ckptsel-demo")
     return parser
