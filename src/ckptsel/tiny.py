@@ -156,6 +156,12 @@ def build_tiny_checkpoint(out_dir, *, seed: int = 0, hidden_size: int = 32, num_
     (sharded when ``max_shard_size`` is given). With ``step``, a ``trainer_state.json``
     holding ``global_step`` is written too. Returns ``out_dir`` as a ``Path``.
     """
+    model, tokenizer = _init_model(text, tokenizer_dir, vocab_size, hidden_size, num_layers, num_heads, seed)
+    return _save(model.eval(), tokenizer, Path(out_dir), step, max_shard_size)
+
+
+def _init_model(text, tokenizer_dir, vocab_size, hidden_size, num_layers, num_heads, seed):
+    """A tokenizer (loaded, or trained on ``text``) and a random-init model seeded by ``seed``."""
     import torch
     from transformers import LlamaForCausalLM
 
@@ -166,8 +172,7 @@ def build_tiny_checkpoint(out_dir, *, seed: int = 0, hidden_size: int = 32, num_
     config = tiny_config(tokenizer, hidden_size=hidden_size, num_layers=num_layers,
                          num_heads=num_heads, vocab_size=vocab_size)
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config).eval()
-    return _save(model, tokenizer, Path(out_dir), step, max_shard_size)
+    return LlamaForCausalLM(config), tokenizer
 
 
 def build_tiny_run(run_dir, steps: Iterable[int] = (100, 200, 300), *, seed: int = 0,
@@ -184,18 +189,10 @@ def build_tiny_run(run_dir, steps: Iterable[int] = (100, 200, 300), *, seed: int
     also has a ``trainer_state.json``. Returns the checkpoint directories in step order.
     """
     import torch
-    from transformers import LlamaForCausalLM
 
     run_dir = Path(run_dir)
     text = default_text() if text is None else text
-    if tokenizer_dir is not None:
-        tokenizer = _load_tokenizer(tokenizer_dir)
-    else:
-        tokenizer = train_tokenizer(text, vocab_size=vocab_size or 512)
-    config = tiny_config(tokenizer, hidden_size=hidden_size, num_layers=num_layers,
-                         num_heads=num_heads, vocab_size=vocab_size)
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
+    model, tokenizer = _init_model(text, tokenizer_dir, vocab_size, hidden_size, num_layers, num_heads, seed)
     ids = torch.tensor(tokenizer(text[:65536])["input_ids"], dtype=torch.long)
     n_windows = len(ids) // seq_len
     if n_windows == 0:
