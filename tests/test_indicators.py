@@ -483,3 +483,29 @@ def test_default_specs_load():
     assert "ppl/stdlib/bits_per_byte" in names and "kshot/stdlib_mc/acc_norm" in names
     assert "kshot/stdlib_cloze/exact_match" in names and "ppl_sc/stdlib/token_perplexity" in names
     assert load_spec(root / "tiny.yaml").tasks[0].limit == 12
+
+
+def test_shared_context_chunks_of_mixed_length_choices(models):
+    """Many choices of mixed lengths (single-token ones too) in one batch of groups, so the
+    second pass runs in several length-sorted chunks: each choice's log-likelihood and
+    is_greedy equal one plain forward pass per request."""
+    from ckptsel.indicators.batching import loglikelihood_groups
+
+    lm = _lm(models[200])
+    rng = random.Random(1)
+    def toks(n):
+        return [rng.randrange(3, 250) for _ in range(n)]
+
+    groups = [(toks(rng.randrange(30, 40)), [toks(rng.choice([1, 2, 3, 7, 12])) for _ in range(8)])
+              for _ in range(6)]  # 6 groups x 8 choices = 48 rows: three chunks of 16
+    scored = [s for g in loglikelihood_groups(lm, groups, batch_size=8) for s in g]
+    with torch.no_grad():
+        plain, greedy = [], []
+        for c, xs in groups:
+            for x in xs:
+                logp = torch.log_softmax(lm.model(torch.tensor([c + x[:-1]])).logits[0].double(), -1)
+                rows = logp[len(c) - 1:]
+                plain.append(sum(rows[j, t].item() for j, t in enumerate(x)))
+                greedy.append(all(rows[j].argmax().item() == t for j, t in enumerate(x)))
+    assert [s.logprob for s in scored] == pytest.approx(plain, abs=1e-4)
+    assert [s.is_greedy for s in scored] == greedy
