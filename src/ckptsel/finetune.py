@@ -84,23 +84,12 @@ class SFTTask:
 
 def load_task(path: str | Path) -> SFTTask:
     """Read and validate an SFT task YAML; its ``hash`` covers the resolved settings and data bytes."""
-    import yaml
-
-    from ckptsel.indicators.spec import file_sha256
+    from ckptsel.indicators.spec import check_keys, file_sha256, read_yaml_mapping
 
     path = Path(path).expanduser().resolve()
-    if not path.is_file():
-        raise CkptselError(f"SFT task {path} does not exist; pass --task configs/sft/NAME.yaml")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise CkptselError(f"{path} is not valid YAML ({str(e).splitlines()[0]}); fix the file") from e
+    data = read_yaml_mapping(path, "SFT task", "pass --task configs/sft/NAME.yaml")
     where = f"SFT task {path.name}"
-    if not isinstance(data, dict):
-        raise CkptselError(f"{where} must be a YAML mapping (name, type, train, eval, ...)")
-    unknown = sorted(set(data) - _KEYS)
-    if unknown:
-        raise CkptselError(f"{where}: unknown key {unknown[0]!r}; allowed: {', '.join(sorted(_KEYS))}")
+    check_keys(data, _KEYS, where)
     kind = data.get("type", "prompt_completion")
     if kind not in _METRICS:
         raise CkptselError(f"{where}: type must be multiple_choice or prompt_completion, not {kind!r}")

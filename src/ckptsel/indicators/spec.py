@@ -165,17 +165,18 @@ def file_sha256(path: Path) -> str:
 
 
 # -- loading ------------------------------------------------------------------------------------
-def _yaml(path: Path) -> dict:
+def read_yaml_mapping(path: Path, what: str, hint: str) -> dict:
+    """The YAML mapping in ``path``; one-line errors name ``what`` it is and the ``hint`` to fix it."""
     import yaml
 
     if not path.is_file():
-        raise CkptselError(f"indicator spec {path} does not exist; pass --spec configs/indicators/NAME.yaml")
+        raise CkptselError(f"{what} {path} does not exist; {hint}")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise CkptselError(f"{path} is not valid YAML ({str(e).splitlines()[0]}); fix the file") from e
     if not isinstance(data, dict):
-        raise CkptselError(f"{path} must hold a YAML mapping (name, corpora, span_corruption, tasks)")
+        raise CkptselError(f"{what} {path} must hold a YAML mapping")
     return data
 
 
@@ -190,7 +191,7 @@ def _resolve(base: Path, value: Any, where: str) -> Path:
     return p
 
 
-def _check_keys(entry: dict, allowed: set[str], where: str) -> None:
+def check_keys(entry: dict, allowed: set[str], where: str) -> None:
     unknown = sorted(set(entry) - allowed)
     if unknown:
         raise CkptselError(f"{where}: unknown key {unknown[0]!r}; allowed: {', '.join(sorted(allowed))}")
@@ -207,9 +208,9 @@ def _opt_int(value: Any, where: str) -> int | None:
 def load_task(path: Path) -> TaskSpec:
     """Read a task YAML (``name``, ``type``, ``test``, optional ``fewshot`` and prompt settings)."""
     path = Path(path).resolve()
-    data = _yaml(path)
+    data = read_yaml_mapping(path, "task", "check the task path in the spec")
     where = f"task {path.name}"
-    _check_keys(data, {"name", "type", "test", "fewshot", "num_fewshot", "fewshot_seed", "target_delimiter",
+    check_keys(data, {"name", "type", "test", "fewshot", "num_fewshot", "fewshot_seed", "target_delimiter",
                        "fewshot_delimiter", "until", "max_gen_tokens", "limit"}, where)
     kind = data.get("type")
     if kind not in ("multiple_choice", "generate_until"):
@@ -235,15 +236,15 @@ def load_task(path: Path) -> TaskSpec:
 def load_spec(path: str | Path) -> IndicatorSpec:
     """Read and validate an indicator spec; every path is resolved and must exist."""
     path = Path(path).expanduser().resolve()
-    data = _yaml(path)
-    _check_keys(data, {"name", "max_length", "batch_size", "corpora", "span_corruption", "tasks"}, f"spec {path}")
+    data = read_yaml_mapping(path, "indicator spec", "pass --spec configs/indicators/NAME.yaml")
+    check_keys(data, {"name", "max_length", "batch_size", "corpora", "span_corruption", "tasks"}, f"spec {path}")
     base = path.parent
     corpora = []
     for i, c in enumerate(data.get("corpora") or []):
         where = f"{path.name}: corpora[{i}]"
         if not isinstance(c, dict):
             raise CkptselError(f"{where} must be a mapping with name and path")
-        _check_keys(c, {"name", "path", "max_documents"}, where)
+        check_keys(c, {"name", "path", "max_documents"}, where)
         corpora.append(CorpusSpec(str(c.get("name") or Path(c["path"]).stem), _resolve(base, c.get("path"), where),
                                   _opt_int(c.get("max_documents"), f"{where}: max_documents")))
     scs = []
@@ -251,7 +252,7 @@ def load_spec(path: str | Path) -> IndicatorSpec:
         where = f"{path.name}: span_corruption[{i}]"
         if not isinstance(s, dict):
             raise CkptselError(f"{where} must be a mapping with name and path")
-        _check_keys(s, {"name", "path", "noise_density", "mean_span_length", "seed", "max_documents",
+        check_keys(s, {"name", "path", "noise_density", "mean_span_length", "seed", "max_documents",
                         "max_words"}, where)
         density = float(s.get("noise_density", 0.15))
         if not 0.0 < density < 1.0:
@@ -266,7 +267,7 @@ def load_spec(path: str | Path) -> IndicatorSpec:
     for i, t in enumerate(data.get("tasks") or []):
         where = f"{path.name}: tasks[{i}]"
         if isinstance(t, dict):  # {path: TASK.yaml, limit: N, num_fewshot: K, fewshot_seed: S}
-            _check_keys(t, {"path", "limit", "num_fewshot", "fewshot_seed"}, where)
+            check_keys(t, {"path", "limit", "num_fewshot", "fewshot_seed"}, where)
             task = load_task(_resolve(base, t.get("path"), where))
             overrides = {k: t[k] for k in ("limit", "num_fewshot", "fewshot_seed") if k in t}
             if "limit" in overrides:
