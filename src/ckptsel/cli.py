@@ -42,6 +42,14 @@ def _print_json(obj) -> None:
     sys.stdout.write("\n")
 
 
+def _emit(args, data, text: str) -> None:
+    """JSON on stdout with --json, else the human-readable text."""
+    if args.json:
+        _print_json(data)
+    else:
+        print(text)
+
+
 def _csv_list(text: str | None) -> list[str]:
     return [t.strip() for t in (text or "").split(",") if t.strip()]
 
@@ -56,10 +64,7 @@ def cmd_import_table(args) -> int:
         summary = import_table(store, args.file, id_column=args.id_column, labels=_csv_list(args.labels),
                                run_column=args.run_column, step_column=args.step_column,
                                ignore=_csv_list(args.ignore_columns))
-    if args.json:
-        _print_json(summary.__dict__)
-    else:
-        print(summary.describe())
+    _emit(args, summary.__dict__, summary.describe())
     return 0
 
 
@@ -117,12 +122,8 @@ def cmd_features_show(args) -> int:
     with Store(ws.db_path, create=False) as store:
         ckpt = store.get_checkpoint(args.checkpoint)
         values = store.feature_frame([ckpt.id]).as_dict(0)
-    if args.json:
-        _print_json(values)
-    else:
-        print(f"{ckpt.id} (fingerprint {ckpt.fingerprint})")
-        for k, v in values.items():
-            print(f"  {k:<40} {v}")
+    _emit(args, values, "\n".join([f"{ckpt.id} (fingerprint {ckpt.fingerprint})"]
+                                   + [f"  {k:<40} {v}" for k, v in values.items()]))
     return 0
 
 
@@ -153,10 +154,7 @@ def cmd_evaluate(args) -> int:
 
         result["mlflow_run_id"] = log_evaluation(ws, result, {"target": args.target, "split": str(split),
                                                               "repeats": args.repeats, "seed": args.seed})
-    if args.json:
-        _print_json(result)
-    else:
-        print(format_result(result))
+    _emit(args, result, format_result(result))
     return 0
 
 
@@ -187,10 +185,7 @@ def cmd_predict_pair(args) -> int:
     from ckptsel.ranking import format_pair, predict_pair
 
     result = predict_pair(_workspace(args), args.a, args.b, model=args.model)
-    if args.json:
-        _print_json(result)
-    else:
-        print(format_pair(result))
+    _emit(args, result, format_pair(result))
     return 0
 
 
@@ -229,10 +224,7 @@ def cmd_import_lm_eval(args) -> int:
     ws = _workspace(args).ensure()
     with Store(ws.db_path) as store:
         summary = import_lm_eval(store, args.paths, run=args.run)
-    if args.json:
-        _print_json(summary.__dict__)
-    else:
-        print(summary.describe())
+    _emit(args, summary.__dict__, summary.describe())
     return 0
 
 
@@ -248,10 +240,7 @@ def cmd_stability(args) -> int:
             path, n = plot_stability(store, args.run, names, args.plot, window=args.window or DEFAULT_PLOT_WINDOW)
             note = "; choose them with --feature" if n < len(names) else ""
             print(f"wrote {path} ({n} of {len(names)} features{note})", file=sys.stderr)
-    if args.json:
-        _print_json(result)
-    else:
-        print(format_stability(result))
+    _emit(args, result, format_stability(result))
     return 0
 
 
@@ -281,10 +270,7 @@ def cmd_indicators(args) -> int:
                                 batch_size=args.batch_size, average_window=args.average_window,
                                 ensemble_window=args.ensemble_window, allow_pickle=args.allow_pickle,
                                 threads=args.threads, progress=False if args.no_progress else None)
-    if args.json:
-        _print_json({"spec": spec.name, "checkpoints": [c.id for c in ckpts], **report.__dict__})
-    else:
-        print(report.describe())
+    _emit(args, {"spec": spec.name, "checkpoints": [c.id for c in ckpts], **report.__dict__}, report.describe())
     return 0
 
 
@@ -334,10 +320,7 @@ def cmd_finetune(args) -> int:
                     ckpts.append(c)
         report = run_finetune(store, ckpts, task, workspace=ws.root, seeds=seeds, device=args.device,
                               progress=False if args.no_progress else None)
-    if args.json:
-        _print_json(report.__dict__)
-    else:
-        print(report.describe())
+    _emit(args, report.__dict__, report.describe())
     return 0
 
 
