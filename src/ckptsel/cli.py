@@ -154,6 +154,7 @@ def cmd_evaluate(args) -> int:
 
         result["mlflow_run_id"] = log_evaluation(ws, result, {"target": args.target, "split": str(split),
                                                               "repeats": args.repeats, "seed": args.seed})
+    ws.save_evaluation(result)
     _emit(args, result, format_result(result))
     return 0
 

@@ -4,6 +4,7 @@
     <workspace>/mlflow.db           MLflow tracking and registry (SQLite)
     <workspace>/mlartifacts/        MLflow artifacts
     <workspace>/models/<name>/      exported predictors for the fast CLI path
+    <workspace>/evaluations/        the latest evaluation result per (target, split), JSON
 
 The workspace is ``--workspace``, else ``$CKPTSEL_HOME``, else the current directory.
 ``$MLFLOW_TRACKING_URI``, when set, wins over the workspace's ``mlflow.db``.
@@ -64,6 +65,32 @@ class Workspace:
     @property
     def tracking_uri(self) -> str:
         return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{self.mlflow_db}"
+
+    @property
+    def evaluations_dir(self) -> Path:
+        return self.root / "evaluations"
+
+    def save_evaluation(self, result: dict) -> Path:
+        """Write an ``evaluation.evaluate`` result as ``evaluations/<target>__<split>.json``
+        (replacing the previous one for that target and split, atomically)."""
+        import json
+
+        stem = re.sub(r"[^A-Za-z0-9._@-]+", "_", f"{result['target']}__{result['split']}")
+        out = self.evaluations_dir / f"{stem}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(result, indent=2, sort_keys=True))
+        tmp.replace(out)
+        return out
+
+    def evaluations(self) -> list[dict]:
+        """Every saved evaluation result, oldest file first."""
+        import json
+
+        if not self.evaluations_dir.is_dir():
+            return []
+        files = sorted(self.evaluations_dir.glob("*.json"), key=lambda f: (f.stat().st_mtime, f.name))
+        return [json.loads(f.read_text()) for f in files]
 
     def ensure(self) -> "Workspace":
         self.root.mkdir(parents=True, exist_ok=True)
