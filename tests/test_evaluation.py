@@ -227,3 +227,21 @@ def test_no_usable_split_is_an_error():
         evaluate(f, y, target="t", split="group:g", groups=["g1", "g1", "g2", "g2"],
                  make_predictor=lambda s: PairwisePredictor(n_estimators=3, seed=s))
     assert "'t'" in str(err.value)
+
+
+def test_group_fraction_split_keeps_groups_whole():
+    groups = ["r1"] * 3 + ["r2"] * 3 + ["r3"] * 3 + ["r4"] * 3 + ["r5"] * 3
+    split = Split.parse("group:run:0.6")
+    assert split == Split("group", column="run", group_fraction=0.6) and str(split) == "group:run:0.6"
+    folds = splits(15, split, 10, 0, groups=groups)
+    assert len(folds) == 10
+    for train, test in folds:
+        train_g = {groups[i] for i in train}
+        test_g = {groups[i] for i in test}
+        assert len(train_g) == 3 and len(test_g) == 2 and not train_g & test_g  # round(0.6 * 5) = 3
+        assert sorted(np.concatenate([train, test]).tolist()) == list(range(15))
+    with pytest.raises(CkptselError, match="too few"):
+        splits(4, Split.parse("group:run:0.9"), 1, 0, groups=["a", "a", "b", "b"])
+    for bad in ("group:run:0", "group:run:1.5", "group::0.5", "group:run:x"):
+        with pytest.raises(CkptselError):
+            Split.parse(bad)

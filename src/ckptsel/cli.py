@@ -473,8 +473,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "pairs among the held-out ones whose targets differ (Zeng et al., arXiv 2504.12491).")
     p.add_argument("--target", required=True, help="label to predict (a fine-tuning outcome)")
     p.add_argument("--split", default="random:0.6",
-                   help="random:F (train on a fraction F of checkpoints) or group:COLUMN (leave one group out; "
-                        "COLUMN is a categorical feature or 'run'); default random:0.6")
+                   help="random:F (train on a fraction F of checkpoints), group:COLUMN (leave one group out; "
+                        "COLUMN is a categorical feature or 'run') or group:COLUMN:F (train on a fraction F of "
+                        "the groups, test on pairs across the others); default random:0.6")
     p.add_argument("--repeats", type=int, default=20, help="random splits to average over (default 20)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--table", help="import this table first (with --id-column and --labels)")

@@ -2,7 +2,9 @@
 
 Each repeat splits the *checkpoints* (not the pairs): ``random:F`` draws a fraction F for
 training (Zeng et al., arXiv 2504.12491, use random 60/40 splits of the models), and
-``group:COLUMN`` leaves one group out per repeat (one run, one data mix, ...). The
+``group:COLUMN`` leaves one group out per repeat (one run, one data mix, ...), and
+``group:COLUMN:F`` draws a fraction F of the *groups* for training per repeat (so the held-out
+side has pairs across several held-out groups, and no group sits on both sides). The
 predictor is fitted on pairs among training checkpoints only and scored on the unordered
 pairs among the held-out checkpoints whose target values differ. A prediction of exactly
 1/2 counts 1/2. Baselines are the single-feature rules of ``DirectionBaseline``, with the
@@ -26,6 +28,7 @@ class Split:
     kind: str  # "random" or "group"
     fraction: float = 0.6
     column: str | None = None
+    group_fraction: float | None = None  # group:COLUMN:F; None = leave one group out
 
     @classmethod
     def parse(cls, text: str) -> "Split":
@@ -39,12 +42,24 @@ class Split:
                 raise CkptselError(f"--split {text!r}: the training fraction must be in (0, 1), e.g. random:0.6")
             return cls("random", fraction)
         if kind == "group" and arg:
-            return cls("group", column=arg)
-        raise CkptselError(f"--split {text!r} is not understood; use random:0.6 or group:COLUMN "
+            column, _, frac = arg.partition(":")
+            if not frac:
+                return cls("group", column=column)
+            try:
+                fraction = float(frac)
+            except ValueError:
+                fraction = -1.0
+            if not column or not 0 < fraction < 1:
+                raise CkptselError(f"--split {text!r}: use group:COLUMN (leave one group out) or "
+                                   "group:COLUMN:F with a training fraction of groups F in (0, 1), e.g. group:run:0.6")
+            return cls("group", column=column, group_fraction=fraction)
+        raise CkptselError(f"--split {text!r} is not understood; use random:0.6, group:COLUMN or group:COLUMN:0.6 "
                            "(COLUMN may be a categorical feature or 'run')")
 
     def __str__(self) -> str:
-        return f"random:{self.fraction:g}" if self.kind == "random" else f"group:{self.column}"
+        if self.kind == "random":
+            return f"random:{self.fraction:g}"
+        return f"group:{self.column}" + (f":{self.group_fraction:g}" if self.group_fraction else "")
 
 
 def correctness(prob: np.ndarray, truth: np.ndarray) -> np.ndarray:
@@ -83,7 +98,19 @@ def splits(n: int, split: Split, repeats: int, seed: int,
     names = sorted(set(keys))
     if len(names) < 2:
         raise CkptselError(f"--split {split}: all checkpoints are in one group; nothing to leave out")
-    return [(np.flatnonzero(keys != g), np.flatnonzero(keys == g)) for g in names]
+    if split.group_fraction is None:
+        return [(np.flatnonzero(keys != g), np.flatnonzero(keys == g)) for g in names]
+    n_train = int(round(split.group_fraction * len(names)))
+    if n_train < 1 or len(names) - n_train < 1:
+        raise CkptselError(f"{len(names)} groups are too few for a {split} split (need one on each side); "
+                           f"use group:{split.column}")
+    out = []
+    for r in range(repeats):
+        order = np.random.default_rng([seed, r]).permutation(len(names))
+        train_groups = {names[i] for i in order[:n_train]}
+        in_train = np.array([k in train_groups for k in keys])
+        out.append((np.flatnonzero(in_train), np.flatnonzero(~in_train)))
+    return out
 
 
 def evaluate(frame: FeatureFrame, y: Sequence[float], *, target: str, split: Split | str = "random:0.6",
