@@ -21,9 +21,23 @@ class LabelledTable:
     runs: list[str | None]
 
 
+_LOWER_IS_BETTER = ("loss", "perplexity", "ppl", "error")
+
+
+def lower_is_better(target: str) -> bool:
+    """Whether a smaller value of ``target`` is the better outcome: targets whose last path
+    part ends with loss, perplexity, ppl or error (e.g. ``sft/<task>/eval_loss``)."""
+    last = target.rsplit("/", 1)[-1].lower()
+    return last.endswith(_LOWER_IS_BETTER)
+
+
 def labelled_table(store: Store, target: str) -> LabelledTable:
     """Checkpoints with a value for ``target``, their features (label columns are never
-    features: labels live in their own table) and their runs."""
+    features: labels live in their own table) and their runs.
+
+    ``y`` is oriented so that higher is better: the stored value, negated for targets where
+    lower is better (:func:`lower_is_better`), so "A fine-tunes better than B" is always
+    ``y_A > y_B``."""
     labels = store.labels(target)
     if not labels:
         known = store.targets()
@@ -36,7 +50,9 @@ def labelled_table(store: Store, target: str) -> LabelledTable:
         raise CkptselError(f"the {len(rows)} checkpoints labelled {target!r} have no features; "
                            "import or compute pretraining-side features first")
     runs = {c.id: c.run for c in store.checkpoints()}
-    return LabelledTable(frame, np.array([labels[c] for c in frame.ids]), [runs[c] for c in frame.ids])
+    sign = -1.0 if lower_is_better(target) else 1.0
+    return LabelledTable(frame, sign * np.array([labels[c] for c in frame.ids], dtype=float),
+                         [runs[c] for c in frame.ids])
 
 
 def group_values(table: LabelledTable, column: str) -> list:
