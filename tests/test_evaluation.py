@@ -188,6 +188,16 @@ def test_baselines_by_hand_on_a_group_split():
     assert sum(q["pairs"] for q in quartiles) == 4
     assert min(q["gap_min"] for q in quartiles if q["pairs"]) == 1.0
     assert max(q["gap_max"] for q in quartiles if q["pairs"]) == 2.0
+    # Fixed rules ignore the training side. "x lower is better": fold A (c1, c2): x1 < x2 calls c1,
+    # y says c2: 0. Fold B: x falls as y rises on all 3 pairs: right, 1. -> mean 1/2, std 1/2.
+    # "z higher is better": fold A tie 1/2; fold B 5/6 as above.
+    fixed = evaluate(f, y, target="acc", split="group:g", groups=groups, make_predictor=make,
+                     fixed_rules={"x": -1, "z": +1, "absent": -1})
+    assert set(fixed["fixed_rules"]) == {"x (lower is better)", "z (higher is better)"}
+    assert fixed["fixed_rules"]["x (lower is better)"]["accuracy_mean"] == pytest.approx(0.5)
+    assert fixed["fixed_rules"]["x (lower is better)"]["accuracy_std"] == pytest.approx(0.5)
+    assert fixed["fixed_rules"]["z (higher is better)"]["accuracy_mean"] == pytest.approx(2 / 3)
+    assert fixed["baselines"] == result["baselines"]
 
 
 def test_result_shape_and_gap_quartiles():

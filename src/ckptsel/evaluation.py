@@ -116,8 +116,14 @@ def splits(n: int, split: Split, repeats: int, seed: int,
 def evaluate(frame: FeatureFrame, y: Sequence[float], *, target: str, split: Split | str = "random:0.6",
              repeats: int = 20, seed: int = 0, groups: Sequence | None = None,
              make_predictor: Callable[[int], PairwisePredictor] | None = None,
-             progress: bool = False) -> dict:
-    """Run the protocol; returns the JSON-ready result (see the module docstring)."""
+             fixed_rules: dict[str, int] | None = None, progress: bool = False) -> dict:
+    """Run the protocol; returns the JSON-ready result (see the module docstring).
+
+    ``fixed_rules`` maps numeric features to a fixed direction (+1: higher is better, -1:
+    lower is better), scored on the same held-out pairs without looking at the training side:
+    e.g. ``{"ppl/heldout/token_perplexity": -1}``, the rule "lower perplexity fine-tunes
+    better" that Zeng et al. (arXiv 2504.12491) found misleading. Results go to
+    ``result["fixed_rules"]`` keyed ``"<feature> (lower|higher is better)"``."""
     split = Split.parse(split) if isinstance(split, str) else split
     y = np.asarray(y, dtype=float)
     make_predictor = make_predictor or (lambda s: PairwisePredictor(seed=s))
@@ -125,6 +131,8 @@ def evaluate(frame: FeatureFrame, y: Sequence[float], *, target: str, split: Spl
 
     pred_acc, pair_counts, gaps, pred_right = [], [], [], []
     base_acc: dict[str, list[float]] = {f: [] for f in frame.numeric_names}
+    fixed = {f: int(np.sign(v)) for f, v in (fixed_rules or {}).items() if f in frame.numeric_names and v}
+    fixed_acc: dict[str, list[float]] = {f: [] for f in fixed}
     iterator = folds
     if progress:
         from tqdm import tqdm
@@ -147,6 +155,8 @@ def evaluate(frame: FeatureFrame, y: Sequence[float], *, target: str, split: Spl
             col = frame.numeric[:, j]
             base = DirectionBaseline(f).fit(col[train], y[train])
             base_acc[f].append(correctness(pair_scores(col[ia], col[ib], base.sign_), truth).mean())
+            if f in fixed:
+                fixed_acc[f].append(correctness(pair_scores(col[ia], col[ib], fixed[f]), truth).mean())
     if not pred_acc:
         raise CkptselError(f"no split of {split} has held-out pairs with different {target!r} values; "
                            "label more checkpoints or use another split")
@@ -170,6 +180,9 @@ def evaluate(frame: FeatureFrame, y: Sequence[float], *, target: str, split: Spl
         "baselines": {f: {"accuracy_mean": float(np.mean(v)), "accuracy_std": float(np.std(v))}
                       for f, v in base_acc.items()},
         "accuracy_by_gap_quartile": by_gap,
+        "fixed_rules": {f"{f} ({'lower' if fixed[f] < 0 else 'higher'} is better)":
+                        {"accuracy_mean": float(np.mean(v)), "accuracy_std": float(np.std(v))}
+                        for f, v in fixed_acc.items()},
     }
 
 
