@@ -191,6 +191,7 @@ def format_result(result: dict) -> str:
     lines = [f"target {result['target']}  split {result['split']}  repeats {result['repeats']}  "
              f"checkpoints {result['n_checkpoints']}  test pairs/repeat {result['pairs_per_repeat']}", ""]
     rows = [("predictor (LightGBM + ridge, pairwise)", result["predictor"])]
+    rows += [(f"fixed rule: {f}", v) for f, v in result.get("fixed_rules", {}).items()]
     rows += sorted(((f"baseline: {f}", v) for f, v in result["baselines"].items()),
                    key=lambda kv: -kv[1]["accuracy_mean"])
     width = max(len(name) for name, _ in rows)
