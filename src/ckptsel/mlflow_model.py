@@ -27,13 +27,19 @@ class PairwisePyfunc(mlflow.pyfunc.PythonModel):
         try:
             if not isinstance(model_input, pd.DataFrame):
                 model_input = pd.DataFrame(model_input)
-            columns = {c: [None if _is_missing(v) else v for v in model_input[c].tolist()]
-                       for c in model_input.columns}
+            columns = {c: _column(model_input[c]) for c in model_input.columns}
             a, b = frames_from_columns(columns, self.predictor.schema_)
             prob = self.predictor.predict_proba(a, b)
         except (CkptselError, ValueError, TypeError, KeyError) as e:
             raise MlflowException(str(e), error_code=INVALID_PARAMETER_VALUE) from e
         return pd.DataFrame({"prob_a_better": prob})
+
+
+def _column(series: pd.Series):
+    """A float column as its array (NaN = missing, checked vectorised); others as a list, None for missing."""
+    if series.dtype.kind == "f":
+        return series.to_numpy()
+    return [None if _is_missing(v) else v for v in series.tolist()]
 
 
 def _is_missing(v) -> bool:

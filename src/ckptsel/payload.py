@@ -52,6 +52,12 @@ def frames_from_columns(columns: Mapping[str, Sequence], schema: FeatureSchema) 
 
 
 def _numeric(values: Sequence, column: str) -> np.ndarray:
+    if isinstance(values, np.ndarray) and values.dtype.kind == "f":  # already floats: NaN is missing
+        infinite = np.flatnonzero(np.isinf(values))
+        if len(infinite):
+            raise CkptselError(f"column {column!r}, row {infinite[0]}: infinite values are not features; "
+                               "send null for a missing value")
+        return values.astype(np.float64)
     out = np.empty(len(values))
     for i, v in enumerate(values):
         if v is None:

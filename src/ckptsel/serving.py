@@ -1,15 +1,32 @@
-"""``ckptsel serve``: the registered predictor behind ``mlflow models serve``.
+"""``ckptsel serve``: the registered predictor behind MLflow's scoring server.
 
-Runs ``mlflow models serve --env-manager local`` with what it needs and often lacks: the
-environment's ``bin`` on PATH (MLflow starts uvicorn by name) and the tracking URI (a
-``models:/name@alias`` URI is resolved through the registry). Binds 127.0.0.1 by default.
+``ckptsel serve`` runs ``python -m ckptsel.serving MODEL_URI --host H --port P --workers N``
+with the tracking URI set (a ``models:/name@alias`` URI is resolved through the registry of
+``$MLFLOW_TRACKING_URI``, else the workspace's ``mlflow.db``). That process downloads
+the model once and starts uvicorn on ``scoring_app``: MLflow's own scoring app
+(``mlflow.pyfunc.scoring_server.init``, the one ``mlflow models serve --env-manager local``
+runs) behind ``RequestGuard``. Binds 127.0.0.1 by default.
+
+Why the guard: MLflow's app answers 500 for two kinds of bad request before any ckptsel code
+runs (MLflow 3.17): a POST without a Content-Type header (``content_type.split`` on None) and
+JSON nested deeper than Python's recursion limit (``json.loads`` raises RecursionError, which
+it does not catch). The guard answers 415 and 400 for those, and 413 for bodies over
+``MAX_BODY_BYTES`` (MLflow has no limit, and a huge body would run into its 60 s timeout,
+a 504). Every other request goes to MLflow unchanged. MLflow's schema enforcement, kept as it
+is: columns the signature does not name are dropped, not refused; values it cannot convert to
+the signature's types get 400; JSON booleans in a numeric column are read as 0.0 / 1.0. The
+rest (missing columns, infinities) is refused with 400 by ``ckptsel.payload``.
 """
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import json
 import os
+import signal
 import sys
-from pathlib import Path
+import tempfile
 
 from ckptsel.errors import CkptselError
 from ckptsel.workspace import Workspace, check_model_name
@@ -38,21 +55,144 @@ def model_uri(ws: Workspace, name: str | None) -> str:
     return f"models:/{base}@{tail}"
 
 
+MAX_BODY_BYTES = 64 * 2**20
+MODEL_PATH_ENV = "CKPTSEL_SERVE_MODEL_PATH"
+
+
 def serve_command(ws: Workspace, name: str | None, host: str = "127.0.0.1", port: int = 5000,
                   workers: int = 1) -> tuple[list[str], dict]:
-    """The argv and environment of the ``mlflow models serve`` process."""
+    """The argv and environment of the scoring server process."""
     uri = model_uri(ws, name)
-    argv = [sys.executable, "-m", "mlflow", "models", "serve", "-m", uri, "--env-manager", "local",
-            "--host", host, "--port", str(port), "--workers", str(workers)]
-    env = dict(os.environ)
-    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
-    env["MLFLOW_TRACKING_URI"] = ws.tracking_uri
+    argv = [sys.executable, "-m", "ckptsel.serving", uri, "--host", host, "--port", str(port),
+            "--workers", str(workers)]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": ws.tracking_uri}
     return argv, env
 
 
 def serve(ws: Workspace, name: str | None, host: str = "127.0.0.1", port: int = 5000, workers: int = 1) -> None:
-    """Replace this process with the MLflow scoring server (signals reach it directly)."""
+    """Replace this process with the scoring server (signals reach it directly)."""
     argv, env = serve_command(ws, name, host, port, workers)
-    print(f"serving {argv[6]} on http://{host}:{port}/invocations (tracking {env['MLFLOW_TRACKING_URI']})",
+    print(f"serving {argv[3]} on http://{host}:{port}/invocations (tracking {env['MLFLOW_TRACKING_URI']})",
           file=sys.stderr, flush=True)
     os.execve(argv[0], argv, env)
+
+
+# -- the server process -------------------------------------------------------------------------
+def scoring_app():
+    """uvicorn factory: MLflow's scoring app for the model at ``$CKPTSEL_SERVE_MODEL_PATH``, guarded."""
+    import mlflow.pyfunc
+    from mlflow.pyfunc import scoring_server
+
+    return RequestGuard(scoring_server.init(mlflow.pyfunc.load_model(os.environ[MODEL_PATH_ENV])))
+
+
+class RequestGuard:
+    """ASGI middleware: 415/413/400 for the POST /invocations requests MLflow would answer 5xx."""
+
+    def __init__(self, app, max_body_bytes: int = MAX_BODY_BYTES):
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"].rstrip("/") != "/invocations":
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        content_type = headers.get(b"content-type", b"").decode("latin-1")
+        if not content_type.strip():
+            return await _reply(send, 415, "no Content-Type header; send application/json "
+                                           "(or text/csv, application/vnd.apache.parquet)")
+        too_big = (f"request body over {self.max_body_bytes // 2**20} MiB; "
+                   "send fewer pairs per request")
+        if int(headers.get(b"content-length", b"0") or 0) > self.max_body_bytes:
+            return await _reply(send, 413, too_big)
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_body_bytes:
+                return await _reply(send, 413, too_big)
+            if not message.get("more_body"):
+                break
+        body = b"".join(chunks)
+        is_json = content_type.split(";")[0].strip().lower() == "application/json"
+        if is_json and await asyncio.to_thread(_nested_too_deeply, body):
+            return await _reply(send, 400, "JSON nested too deeply; a request is "
+                                           '{"dataframe_records": [{"a.<feature>": ..., "b.<feature>": ...}, ...]}')
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+def _nested_too_deeply(body: bytes, limit: int = 200) -> bool:
+    """Whether ``json.loads(body)`` would raise RecursionError. Requests nest 4 deep; the bracket
+    depth (brackets in strings counted too, vectorised) is an upper bound, and only a body over
+    ``limit`` is parsed to be sure."""
+    import numpy as np
+
+    if body.count(b"[") + body.count(b"{") <= limit:
+        return False
+    raw = np.frombuffer(body, dtype=np.uint8)
+    opens = (raw == ord("[")) | (raw == ord("{"))
+    brackets = opens | (raw == ord("]")) | (raw == ord("}"))
+    if np.cumsum(np.where(opens[brackets], 1, -1)).max() <= limit:
+        return False
+    try:
+        json.loads(body)
+    except RecursionError:
+        return True
+    except ValueError:  # not JSON: MLflow answers 400 for that itself
+        pass
+    return False
+
+
+async def _reply(send, status: int, message: str) -> None:
+    body = json.dumps({"error_code": "BAD_REQUEST", "message": message}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m ckptsel.serving MODEL_URI``: download the model once, then run uvicorn."""
+    import logging
+
+    parser = argparse.ArgumentParser(prog="python -m ckptsel.serving",
+                                     description="serve an MLflow pyfunc model (run by `ckptsel serve`)")
+    parser.add_argument("model_uri", help="models:/NAME@ALIAS, models:/NAME/VERSION or a local directory")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=5000)
+    parser.add_argument("--workers", type=int, default=1)
+    args = parser.parse_args(argv)
+
+    import mlflow.artifacts
+    import uvicorn
+    from mlflow.exceptions import MlflowException
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    with tempfile.TemporaryDirectory(prefix="ckptsel-serve-") as tmp:
+        try:
+            path = mlflow.artifacts.download_artifacts(artifact_uri=args.model_uri, dst_path=tmp)
+        except MlflowException as e:
+            print(f"ckptsel serve: error: cannot load {args.model_uri} from {os.environ.get('MLFLOW_TRACKING_URI')}: "
+                  f"{str(e).splitlines()[0]}", file=sys.stderr)
+            return 2
+        os.environ[MODEL_PATH_ENV] = path
+        # uvicorn re-raises SIGTERM after its graceful shutdown; exit through Python so tmp is removed.
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+        uvicorn.run("ckptsel.serving:scoring_app", factory=True, host=args.host, port=args.port,
+                    workers=args.workers)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

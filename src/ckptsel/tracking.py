@@ -32,8 +32,14 @@ def configure(ws: Workspace, experiment: str = EXPERIMENT):
     mlflow.set_tracking_uri(ws.tracking_uri)
     exp = mlflow.get_experiment_by_name(experiment)
     if exp is None:
+        from mlflow.exceptions import MlflowException
+
         location = ws.artifacts_dir.as_uri() if ws.tracking_uri.startswith("sqlite:") else None
-        mlflow.create_experiment(experiment, artifact_location=location)
+        try:
+            mlflow.create_experiment(experiment, artifact_location=location)
+        except MlflowException as e:  # another worker on a shared server created it first
+            if e.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
     return mlflow.set_experiment(experiment)
 
 

@@ -24,7 +24,7 @@ _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 def check_model_name(name: str) -> str:
     """Model names become directory names: letters, digits, '.', '_' and '-' only, no '..'."""
-    if not _MODEL_NAME.match(name) or ".." in name:
+    if not isinstance(name, str) or not _MODEL_NAME.fullmatch(name) or ".." in name:  # fullmatch: no "x\n"
         raise CkptselError(
             f"model name {name!r} is not allowed; use letters, digits, '.', '_' and '-' "
             "(it becomes a directory under <workspace>/models/)"
@@ -72,10 +72,16 @@ class Workspace:
 
     def save_evaluation(self, result: dict) -> Path:
         """Write an ``evaluation.evaluate`` result as ``evaluations/<target>__<split>.json``
-        (replacing the previous one for that target and split, atomically)."""
+        (replacing the previous one for that target and split, atomically). Characters outside
+        ``[A-Za-z0-9._@-]`` become ``_``; a name so changed, or too long for a file name, gets a hash
+        of the exact key, so no two keys share a file and none leaves ``evaluations/``."""
+        import hashlib
         import json
 
-        stem = re.sub(r"[^A-Za-z0-9._@-]+", "_", f"{result['target']}__{result['split']}")
+        key = f"{result['target']}__{result['split']}"
+        stem = re.sub(r"[^A-Za-z0-9._@-]+", "_", key)
+        if stem != key or len(stem) > 120:
+            stem = f"{stem[:100]}-{hashlib.sha256(key.encode('utf-8', 'surrogatepass')).hexdigest()[:12]}"
         out = self.evaluations_dir / f"{stem}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_suffix(".json.tmp")
