@@ -14,6 +14,8 @@ A task is a YAML file (see ``configs/sft/tiny_mc.yaml``)::
     batch_size: 8
     gradient_accumulation_steps: 1
     max_length: 128
+    num_cpus: 1                  # what one job (checkpoint, seed) asks of a Ray cluster; not hashed
+    num_gpus: 0
 
 Training (nanoGPT style, no Trainer): AdamW on the trainable parameters; every example is
 ``prompt + completion`` (multiple choice: ``query + target_delimiter + choices[gold]``), the
@@ -44,12 +46,13 @@ from pathlib import Path
 from typing import Sequence
 
 from ckptsel.errors import CkptselError
+from ckptsel.executor import RESOURCE_KEYS, Job, Resources, resources_from
 from ckptsel.store import Checkpoint, Store, spec_hash
 
 VERSION = 1
 _KEYS = {"name", "type", "train", "eval", "metric", "method", "lora", "learning_rate", "max_steps", "epochs",
          "batch_size", "gradient_accumulation_steps", "max_length", "weight_decay", "target_delimiter",
-         "eval_limit", "max_gen_tokens"}
+         "eval_limit", "max_gen_tokens", *RESOURCE_KEYS}
 _METRICS = {"multiple_choice": ("acc", "acc_norm", "eval_loss"), "prompt_completion": ("eval_loss", "exact_match")}
 
 
@@ -73,6 +76,7 @@ class SFTTask:
     eval_limit: int | None = None
     max_gen_tokens: int = 16
     hash: str = ""
+    resources: Resources = Resources()  # not in the hash: where a job runs does not change its numbers
 
     @property
     def target(self) -> str:
@@ -135,7 +139,8 @@ def load_task(path: str | Path) -> SFTTask:
     )
     digest = spec_hash({**settings, "train_sha256": file_sha256(files["train"]),
                         "eval_sha256": file_sha256(files["eval"]), "version": VERSION})
-    return SFTTask(train=files["train"], eval=files["eval"], hash=digest, **settings)
+    return SFTTask(train=files["train"], eval=files["eval"], hash=digest, resources=resources_from(data, where),
+                   **settings)
 
 
 # -- data -------------------------------------------------------------------------------------
@@ -364,27 +369,60 @@ def finetune_one(ckpt: Checkpoint, task: SFTTask, seed: int, out_dir: Path, *, d
 
 
 def run_finetune(store: Store, ckpts: Sequence[Checkpoint], task: SFTTask, *, workspace: str | Path,
-                 seeds: Sequence[int] = (0,), device=None, progress: bool | None = None) -> FinetuneReport:
+                 seeds: Sequence[int] = (0,), device=None, progress: bool | None = None,
+                 executor=None) -> FinetuneReport:
     """Fine-tune every checkpoint with every seed; one label per checkpoint, written in one
-    transaction after all its seeds finish. Checkpoints whose label exists are skipped."""
-    import numpy as np
+    transaction after all its seeds finish. Checkpoints whose label exists are skipped.
 
+    ``executor``: ``None`` or a :class:`ckptsel.executor.LocalExecutor` trains here, checkpoint
+    by checkpoint. A :class:`ckptsel.executor.RayExecutor` runs one Ray task per (checkpoint,
+    seed) with the task's ``num_cpus``/``num_gpus`` (``device`` default: ``cuda`` when it asks
+    for GPUs, else ``cpu``); tasks write adapters under ``workspace`` (which must be on a
+    filesystem the workers share) and return metrics; this process writes the labels."""
     if not seeds:
         raise CkptselError("no seeds given; pass --seeds 0 or --seeds 0,1,2")
     lhash = task.label_hash(seeds)
     report = FinetuneReport(task.target, lhash)
+    todo = []
     for ckpt in ckpts:
         if store.has_label(ckpt.fingerprint, task.target, lhash):
             report.skipped.append(ckpt.id)
-            continue
-        values = []
-        for s in seeds:
-            metrics = finetune_one(ckpt, task, s, adapter_dir(workspace, ckpt, task, s), device=device,
-                                   progress=progress)
-            values.append(float(metrics[task.metric]))
-        mean = float(np.mean(values))
-        std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-        with store.transaction():
-            store.put_label(ckpt.fingerprint, task.target, mean, spec_hash=lhash, std=std, n=len(values))
-        report.done.append({"id": ckpt.id, "value": mean, "std": std, "n": len(values), "values": values})
+        else:
+            todo.append(ckpt)
+    if executor is None or executor.name == "local":
+        for ckpt in todo:
+            values = []
+            for s in seeds:
+                metrics = finetune_one(ckpt, task, s, adapter_dir(workspace, ckpt, task, s), device=device,
+                                       progress=progress)
+                values.append(float(metrics[task.metric]))
+            _store_label(store, ckpt, task, lhash, values, report)
+        return report
+    if device is None:  # where the workers will run, not where this driver runs
+        device = "cuda" if task.resources.num_gpus > 0 else "cpu"
+    # One job per (weights, seed): ids sharing a fingerprint share adapters, as they do locally.
+    firsts: dict[str, Checkpoint] = {}
+    for c in todo:
+        firsts.setdefault(c.fingerprint, c)
+    jobs = [Job(f"{ckpt.id} seed {s}", finetune_one, (ckpt, task, s, adapter_dir(workspace, ckpt, task, s)),
+                task.resources, {"device": device, "progress": False})
+            for ckpt in firsts.values() for s in dict.fromkeys(seeds)]  # a repeated seed is trained once
+    values: dict[str, dict[int, float]] = {fp: {} for fp in firsts}
+    for job, metrics in executor.run(jobs):
+        fp, seed = job.args[0].fingerprint, job.args[2]
+        values[fp][seed] = float(metrics[task.metric])
+        if len(values[fp]) == len(set(seeds)):  # the last seed of these weights: their labels are complete
+            for ckpt in (c for c in todo if c.fingerprint == fp):
+                _store_label(store, ckpt, task, lhash, [values[fp][s] for s in seeds], report)
     return report
+
+
+def _store_label(store: Store, ckpt: Checkpoint, task: SFTTask, lhash: str, values: list[float],
+                 report: FinetuneReport) -> None:
+    import numpy as np
+
+    mean = float(np.mean(values))
+    std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+    with store.transaction():
+        store.put_label(ckpt.fingerprint, task.target, mean, spec_hash=lhash, std=std, n=len(values))
+    report.done.append({"id": ckpt.id, "value": mean, "std": std, "n": len(values), "values": values})

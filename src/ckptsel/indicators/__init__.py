@@ -16,16 +16,23 @@ fewer at the start of a run) and stored as ``avg@K/<feature>``; with ``ensemble_
 the ensemble of those K models (mean of their output probabilities per token), stored as
 ``ens@K/<feature>``. Their spec hash also covers the window's member fingerprints, so a
 window that changes (a predecessor added later) is recomputed.
+
+Jobs: the work is planned as one job per scoring model (a checkpoint, or one of its windows)
+holding its missing units. Locally the jobs run here, in order, and each indicator is stored
+as soon as it is computed. With a Ray executor (:mod:`ckptsel.executor`) each job is a Ray
+task (:func:`score_job`) that returns its numbers; this process, the only writer, stores
+each job's indicators in one transaction. Both paths run the same code on the same inputs.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 from ckptsel.errors import CkptselError
 from ckptsel.indicators.spec import IndicatorSpec, Unit, load_spec
@@ -63,14 +70,18 @@ def window_members(store: Store, ckpt: Checkpoint, k: int) -> list[Checkpoint]:
     return same_run[-k:]
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Job:
-    """Units to compute for one scoring model, and how to store them."""
+    """Units to compute for one scoring model, and how to store them: the model is the
+    checkpoint itself (``kind="one"``), or the average or ensemble of ``paths`` (a window)."""
 
     fingerprint: str
     ckpt_id: str
     prefix: str  # "" | "avg@K/" | "ens@K/"
-    units: list[tuple[Unit, str]]  # (unit, spec hash)
+    units: tuple[tuple[Unit, str], ...]  # (unit, spec hash)
+    kind: str = "one"  # "one" | "avg" | "ens"
+    paths: tuple[str, ...] = ()
+    member_ids: tuple[str, ...] = ()
 
 
 def _missing(store: Store, fingerprint: str, units: Sequence[Unit], prefix: str, dtype_name: str,
@@ -112,16 +123,77 @@ def _compute_unit(lm, unit: Unit, *, batch_size: int, progress: bool, label: str
     return {f"kshot/{unit.name}/{k}": v for k, v in result.metrics.items()}, result.predictions
 
 
-def _run_job(store: Store, lm, job: _Job, *, batch_size: int, progress: bool, report: IndicatorRun) -> None:
-    for unit, h in job.units:
-        feats, preds = _compute_unit(lm, unit, batch_size=batch_size, progress=progress,
-                                     label=f"{job.prefix}{job.ckpt_id}")
-        with store.transaction():
-            store.put_features(job.fingerprint, {job.prefix + k: v for k, v in feats.items()}, spec_hash=h)
-            if preds is not None:
-                store.put_predictions(job.fingerprint, job.prefix + unit.prediction_task, preds, spec_hash=h)
-        report.computed.setdefault(job.ckpt_id, []).extend(job.prefix + k for k in feats)
-        report.computed_units += 1
+def _score(job: _Job, get_lm: Callable[[str], object], load: Callable[[str], object], *, batch_size: int,
+           progress: bool) -> Iterator[tuple[dict, list | None]]:
+    """``(features with the job's prefix, predictions or None)`` of each unit of ``job``, in order.
+
+    ``get_lm`` gives a checkpoint's model (maybe from a cache); ``load`` loads a fresh one."""
+    label = f"{job.prefix}{job.ckpt_id}"
+    if job.kind == "avg":
+        from ckptsel.averaging import average_checkpoints
+
+        with tempfile.TemporaryDirectory(prefix="ckptsel-avg-") as tmp:
+            lm = load(str(average_checkpoints(list(job.paths), Path(tmp) / "average")))
+            for unit, _h in job.units:
+                feats, preds = _compute_unit(lm, unit, batch_size=batch_size, progress=progress, label=label)
+                yield {job.prefix + k: v for k, v in feats.items()}, preds
+            del lm
+        return
+    if job.kind == "ens":
+        from ckptsel.indicators.lm import EnsembleLM
+
+        lms = [get_lm(p) for p in job.paths]
+        _check_same_tokenizer(lms, list(job.member_ids))
+        lm = lms[0] if len(lms) == 1 else EnsembleLM(lms)
+    else:
+        lm = get_lm(job.paths[0])
+    for unit, _h in job.units:
+        feats, preds = _compute_unit(lm, unit, batch_size=batch_size, progress=progress, label=label)
+        yield {job.prefix + k: v for k, v in feats.items()}, preds
+
+
+def score_job(job: _Job, load: "_Loader", batch_size: int) -> list[tuple[dict, list | None]]:
+    """One executor job (a Ray task): every unit of ``job`` scored in this process and returned
+    as ``[(features, predictions or None)]`` in unit order; the driver stores them."""
+    return list(_score(job, load, load, batch_size=batch_size, progress=False))
+
+
+def _store_unit(store: Store, job: _Job, unit: Unit, h: str, feats: dict, preds, report: IndicatorRun) -> None:
+    """Write one unit's numbers (inside the caller's transaction)."""
+    store.put_features(job.fingerprint, feats, spec_hash=h)
+    if preds is not None:
+        store.put_predictions(job.fingerprint, job.prefix + unit.prediction_task, preds, spec_hash=h)
+    report.computed.setdefault(job.ckpt_id, []).extend(feats)
+    report.computed_units += 1
+
+
+@dataclass(frozen=True)
+class _Loader:
+    """Loads a checkpoint directory as a scoring LM with one run's settings (picklable, so a
+    Ray worker gets the driver's)."""
+
+    dtype: object  # torch.dtype or "auto"
+    device: object  # torch.device
+    max_length: int | None
+    threads: int | None
+    allow_pickle: bool
+    progress: bool
+
+    def __call__(self, path: str):
+        from transformers.utils import logging as hf_logging
+
+        from ckptsel.checkpoints import load_model
+        from ckptsel.indicators.lm import HFScoringLM
+
+        bars = hf_logging.is_progress_bar_enabled()
+        if not self.progress:
+            hf_logging.disable_progress_bar()
+        try:
+            model, tok = load_model(path, allow_pickle=self.allow_pickle, dtype=self.dtype, device=self.device)
+        finally:
+            if bars:
+                hf_logging.enable_progress_bar()
+        return HFScoringLM(model, tok, max_length=self.max_length, threads=self.threads)
 
 
 class _ModelCache:
@@ -142,15 +214,65 @@ class _ModelCache:
         return self.items[path]
 
 
+def _plan(store: Store, checkpoints: Sequence[Checkpoint], units: Sequence[Unit], dtype_name: str,
+          average_window: int | None, ensemble_window: int | None, report: IndicatorRun) -> list[_Job]:
+    """The jobs with missing units, in computing order (each checkpoint, then its windows);
+    units already stored are counted in ``report.cached_units``."""
+    jobs, planned = [], set()
+    for c in checkpoints:
+        todo, cached = _missing(store, c.fingerprint, units, "", dtype_name, None)
+        report.cached_units += cached
+        if todo:
+            jobs.append(_Job(c.fingerprint, c.id, "", tuple(todo), "one", (c.path,), (c.id,)))
+        for kind, k in (("avg", average_window), ("ens", ensemble_window)):
+            if not k:
+                continue
+            members = window_members(store, c, k)
+            window = {"kind": kind, "k": k, "members": [m.fingerprint for m in members]}
+            todo, cached = _missing(store, c.fingerprint, units, f"{kind}@{k}/", dtype_name, window)
+            report.cached_units += cached
+            if not todo:
+                continue
+            missing = [m.id for m in members if not m.path or not Path(m.path).is_dir()]
+            if missing:
+                raise CkptselError(f"window of {c.id} needs {missing[0]}, which has no directory on disk; "
+                                   "re-add it with `ckptsel add PATH`")
+            jobs.append(_Job(c.fingerprint, c.id, f"{kind}@{k}/", tuple(todo), kind,
+                             tuple(m.path for m in members), tuple(m.id for m in members)))
+    unique = []
+    for job in jobs:  # two ids with the same weights (fingerprint) need one computation
+        key = (job.fingerprint, job.prefix, tuple(h for _u, h in job.units))
+        if key in planned:
+            report.cached_units += len(job.units)
+        else:
+            planned.add(key)
+            unique.append(job)
+    return unique
+
+
+def _describe_job(job: _Job) -> str:
+    if job.kind == "one":
+        return f"{job.ckpt_id}: {len(job.units)} indicator(s) to compute"
+    return f"{job.ckpt_id}: {len(job.units)} indicator(s) on the {job.kind} of {len(job.paths)} checkpoint(s)"
+
+
 def run_indicators(store: Store, checkpoints: Sequence[Checkpoint], spec: IndicatorSpec, *,
                    device: str | None = None, dtype: str | None = None, batch_size: int | None = None,
                    average_window: int | None = None, ensemble_window: int | None = None,
                    progress: bool | None = None, allow_pickle: bool = False, threads: int | None = None,
-                   log: Callable[[str], None] | None = None) -> IndicatorRun:
+                   log: Callable[[str], None] | None = None, executor=None) -> IndicatorRun:
     """Compute and store the spec's missing indicators for ``checkpoints`` (see module).
 
     ``threads``: intra-op CPU threads while scoring (default: one for models under 20M
-    parameters, torch's default otherwise; 0: torch's default)."""
+    parameters, torch's default otherwise; 0: torch's default).
+
+    ``executor``: ``None`` or a :class:`ckptsel.executor.LocalExecutor` computes here, one job
+    after another, storing each indicator as it is computed. A
+    :class:`ckptsel.executor.RayExecutor` runs one Ray task per job (a checkpoint, or one of its
+    windows) with the spec's ``num_cpus``/``num_gpus``; the task returns its numbers and this
+    process stores them, one transaction per job. Ray jobs run on ``device`` or, by default,
+    on ``cuda`` when the spec asks for GPUs, else on ``cpu``.
+    """
     from ckptsel.checkpoints import resolve_device_dtype
 
     start = time.perf_counter()
@@ -158,6 +280,9 @@ def run_indicators(store: Store, checkpoints: Sequence[Checkpoint], spec: Indica
     log = log or (lambda msg: print(msg, file=sys.stderr))
     batch_size = batch_size or spec.batch_size
     units = spec.units()
+    remote = executor is not None and executor.name != "local"
+    if remote and device is None:  # where the workers will run, not where this driver runs
+        device = "cuda" if spec.resources.num_gpus > 0 else "cpu"
     dev, torch_dtype = resolve_device_dtype(dtype, device)
     dtype_name = str(torch_dtype).replace("torch.", "")
     report = IndicatorRun()
@@ -169,67 +294,33 @@ def run_indicators(store: Store, checkpoints: Sequence[Checkpoint], spec: Indica
             raise CkptselError(f"checkpoint {c.id} has no directory on disk ({c.path}); indicators need the "
                                "weights: add it with `ckptsel add PATH`")
 
-    from ckptsel.indicators.lm import EnsembleLM, HFScoringLM
+    jobs = _plan(store, checkpoints, units, dtype_name, average_window, ensemble_window, report)
+    loader = _Loader(torch_dtype, dev, spec.max_length, threads, allow_pickle, progress)
+    if not remote:
+        cache = _ModelCache(loader, (ensemble_window or 1) + 1)
+        for job in jobs:
+            log(_describe_job(job))
+            results = _score(job, cache.get, loader, batch_size=batch_size, progress=progress)
+            for (unit, h), (feats, preds) in zip(job.units, results):
+                with store.transaction():
+                    _store_unit(store, job, unit, h, feats, preds, report)
+    else:
+        from ckptsel.executor import Job
 
-    def load(path: str) -> HFScoringLM:
-        from transformers.utils import logging as hf_logging
-
-        from ckptsel.checkpoints import load_model
-
-        bars = hf_logging.is_progress_bar_enabled()
-        if not progress:
-            hf_logging.disable_progress_bar()
-        try:
-            model, tok = load_model(path, allow_pickle=allow_pickle, dtype=torch_dtype, device=dev)
-        finally:
-            if bars:
-                hf_logging.enable_progress_bar()
-        return HFScoringLM(model, tok, max_length=spec.max_length, threads=threads)
-
-    cache = _ModelCache(load, (ensemble_window or 1) + 1)
-    for c in checkpoints:
-        todo, cached = _missing(store, c.fingerprint, units, "", dtype_name, None)
-        report.cached_units += cached
-        if todo:
-            log(f"{c.id}: {len(todo)} indicator(s) to compute")
-            _run_job(store, cache.get(c.path), _Job(c.fingerprint, c.id, "", todo),
-                     batch_size=batch_size, progress=progress, report=report)
-        for kind, k in (("avg", average_window), ("ens", ensemble_window)):
-            if not k:
-                continue
-            members = window_members(store, c, k)
-            window = {"kind": kind, "k": k, "members": [m.fingerprint for m in members]}
-            prefix = f"{kind}@{k}/"
-            todo, cached = _missing(store, c.fingerprint, units, prefix, dtype_name, window)
-            report.cached_units += cached
-            if not todo:
-                continue
-            missing = [m.id for m in members if not m.path or not Path(m.path).is_dir()]
-            if missing:
-                raise CkptselError(f"window of {c.id} needs {missing[0]}, which has no directory on disk; "
-                                   "re-add it with `ckptsel add PATH`")
-            log(f"{c.id}: {len(todo)} indicator(s) on the {kind} of {len(members)} checkpoint(s)")
-            job = _Job(c.fingerprint, c.id, prefix, todo)
-            if kind == "ens":
-                lms = [cache.get(m.path) for m in members]
-                _check_same_tokenizer(lms, [m.id for m in members])
-                lm = lms[0] if len(lms) == 1 else EnsembleLM(lms)
-                _run_job(store, lm, job, batch_size=batch_size, progress=progress, report=report)
-            else:
-                _run_average_job(store, members, job, load, batch_size=batch_size, progress=progress,
-                                 report=report)
+        if jobs:
+            log(f"{len(jobs)} job(s) to compute on Ray (num_cpus={spec.resources.num_cpus}, "
+                f"num_gpus={spec.resources.num_gpus} each, device {dev.type})")
+        remote_loader = dataclasses.replace(loader, progress=False)
+        tasks = [Job(f"{j.prefix}{j.ckpt_id}", score_job, (j, remote_loader, batch_size), spec.resources)
+                 for j in jobs]
+        for task, results in executor.run(tasks):
+            job = task.args[0]
+            with store.transaction():  # the job's units together: a job is all or nothing
+                for (unit, h), (feats, preds) in zip(job.units, results):
+                    _store_unit(store, job, unit, h, feats, preds, report)
+            log(f"{job.prefix}{job.ckpt_id}: stored {len(job.units)} indicator(s)")
     report.seconds = time.perf_counter() - start
     return report
-
-
-def _run_average_job(store, members, job, load, *, batch_size, progress, report) -> None:
-    from ckptsel.averaging import average_checkpoints
-
-    with tempfile.TemporaryDirectory(prefix="ckptsel-avg-") as tmp:
-        out = average_checkpoints([m.path for m in members], Path(tmp) / "average")
-        lm = load(str(out))
-        _run_job(store, lm, job, batch_size=batch_size, progress=progress, report=report)
-        del lm
 
 
 def _check_same_tokenizer(lms, ids) -> None:

@@ -14,6 +14,8 @@ file's directory)::
     tasks:                  # k-shot tasks -> kshot/<task>/...
       - ../../data/tasks/stdlib_mc.yaml
       - {path: ../../data/tasks/stdlib_cloze.yaml, limit: 20, num_fewshot: 3}   # overrides
+    num_cpus: 1             # what one job (checkpoint) asks of a Ray cluster (--executor ray);
+    num_gpus: 0             # not part of any hash: resources do not change the numbers
 
 Each indicator (one corpus, one span-corruption entry, one task) is a :class:`Unit` with its
 own spec hash: ``ckptsel.store.spec_hash`` of its resolved settings, the SHA-256 of its data
@@ -32,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from ckptsel.errors import CkptselError
+from ckptsel.executor import RESOURCE_KEYS, Resources, resources_from
 from ckptsel.store import spec_hash
 
 # Bump when an indicator's definition changes, so old numbers are never read as new ones.
@@ -102,6 +105,7 @@ class IndicatorSpec:
     corpora: tuple[CorpusSpec, ...]
     span_corruption: tuple[SpanCorruptionSpec, ...]
     tasks: tuple[TaskSpec, ...]
+    resources: Resources = Resources()
 
     def units(self) -> list[Unit]:
         """Every indicator of the spec, in the order they are computed."""
@@ -237,7 +241,8 @@ def load_spec(path: str | Path) -> IndicatorSpec:
     """Read and validate an indicator spec; every path is resolved and must exist."""
     path = Path(path).expanduser().resolve()
     data = read_yaml_mapping(path, "indicator spec", "pass --spec configs/indicators/NAME.yaml")
-    check_keys(data, {"name", "max_length", "batch_size", "corpora", "span_corruption", "tasks"}, f"spec {path}")
+    check_keys(data, {"name", "max_length", "batch_size", "corpora", "span_corruption", "tasks", *RESOURCE_KEYS},
+               f"spec {path}")
     base = path.parent
     corpora = []
     for i, c in enumerate(data.get("corpora") or []):
@@ -282,7 +287,7 @@ def load_spec(path: str | Path) -> IndicatorSpec:
         raise CkptselError(f"spec {path}: batch_size must be a positive integer")
     return IndicatorSpec(str(data.get("name") or path.stem), path,
                          _opt_int(data.get("max_length"), f"spec {path}: max_length"), batch_size,
-                         tuple(corpora), tuple(scs), tuple(tasks))
+                         tuple(corpora), tuple(scs), tuple(tasks), resources_from(data, f"spec {path}"))
 
 
 # -- data files ---------------------------------------------------------------------------------
