@@ -90,7 +90,7 @@ def main(argv=None) -> int:
         with torch.device(device):
             model = LlamaForCausalLM(config)
         if args.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
+            (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
             model.enable_input_require_grads()
         return model
 

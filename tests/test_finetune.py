@@ -164,3 +164,21 @@ def test_eval_loss_matches_transformers_loss(ckpt_dir):
     with torch.no_grad():
         ref = model(input_ids=torch.tensor([ids]), labels=torch.tensor([labels])).loss.item()
     assert ft.completion_loss(model, tok, task, pair) == pytest.approx(ref, rel=1e-5)
+
+
+def test_gradient_checkpointing_same_adapter_same_hash(tmp_path, ckpt_dir):
+    """Recomputing activations in backward changes memory, not the numbers: the adapter after 3
+    steps equals the one trained without it (to float rounding), and the task hash is the same."""
+    plain = ft.load_task(write_task(tmp_path, max_steps=3))
+    gc = ft.load_task(write_task(tmp_path, max_steps=3, gradient_checkpointing=True))
+    assert gc.gradient_checkpointing and not plain.gradient_checkpointing and gc.hash == plain.hash
+    adapters = []
+    for task in (plain, gc):
+        model, tok = load_model(ckpt_dir, dtype="float32")
+        model, _ = ft.train(model, tok, task, seed=0, progress=False)
+        adapters.append({k: v.detach().clone() for k, v in model.named_parameters() if "lora_" in k})
+    assert adapters[0].keys() == adapters[1].keys() and adapters[0]
+    for k in adapters[0]:
+        torch.testing.assert_close(adapters[0][k], adapters[1][k], rtol=1e-4, atol=1e-6)
+    with pytest.raises(CkptselError, match="gradient_checkpointing must be true or false"):
+        ft.load_task(write_task(tmp_path, max_steps=3, gradient_checkpointing="yes"))

@@ -382,17 +382,67 @@ def add_checkpoints(store: Store, paths: Iterable[str | Path], *, run: str | Non
                     f"{_shape(ref_meta)}; add them under different --run names"))
                 continue
         try:
+            mtime_ns = _weights_mtime_ns(d.weight_files)
             fingerprint = weights_fingerprint(d.weight_files)
         except OSError as e:
             fail(d.path, CkptselError(f"checkpoint {d.path}: cannot read its weights ({e})"))
             continue
         new_ids.add(cid)
         added.append(Checkpoint(id=cid, path=str(d.path), run=run_name, step=d.step,
-                                fingerprint=fingerprint, metadata={**(old.metadata if old else {}), **d.metadata}))
+                                fingerprint=fingerprint, metadata={**(old.metadata if old else {}), **d.metadata,
+                                                                   "weights_mtime_ns": mtime_ns}))
     with store.transaction():
         for c in added:
             store.upsert_checkpoint(c)
     return added
+
+
+def _weights_mtime_ns(files: Iterable[Path]) -> int:
+    return max(f.stat().st_mtime_ns for f in files)
+
+
+def check_on_disk(ckpt: Checkpoint, *, allow_pickle: bool = False) -> None:
+    """Raise a one-line ``CkptselError`` naming ``ckpt`` when its directory is no longer usable:
+    gone, a config or weights file missing or truncated (the safetensors headers are checked
+    against the file sizes), no tokenizer, or weights other than those fingerprinted by
+    ``add``. Cheap in the usual case: like make and rsync, weights whose total size and newest
+    modification time are those recorded by ``add`` count as unchanged; only when the time
+    differs are they hashed again and compared with the fingerprint."""
+    if not ckpt.path or not Path(ckpt.path).is_dir():
+        raise CkptselError(f"checkpoint {ckpt.id}: its directory {ckpt.path} is gone (deleted or moved since "
+                           "`ckptsel add`); restore it there, or add it from its new place with `ckptsel add PATH`")
+    try:
+        info = inspect_checkpoint(ckpt.path, allow_pickle=allow_pickle)
+    except CkptselError as e:
+        raise CkptselError(f"checkpoint {ckpt.id}: {e}") from e
+    if not info.metadata["tokenizer"]:
+        raise CkptselError(f"checkpoint {ckpt.id} has no tokenizer in {ckpt.path}; save one there with "
+                           "tokenizer.save_pretrained(DIR)")
+    old_size, old_mtime = ckpt.metadata.get("size_bytes"), ckpt.metadata.get("weights_mtime_ns")
+    changed = None
+    if old_size is not None and old_size != info.metadata["size_bytes"]:
+        changed = f"{old_size} bytes, now {info.metadata['size_bytes']}"
+    elif old_mtime is not None and old_mtime != _weights_mtime_ns(info.weight_files) \
+            and weights_fingerprint(info.weight_files) != ckpt.fingerprint:
+        changed = "same size, another fingerprint"
+    if changed:
+        raise CkptselError(f"checkpoint {ckpt.id}: its weights in {ckpt.path} changed since it was added "
+                           f"({changed}); add it again with `ckptsel add {ckpt.path}` so its numbers are "
+                           "keyed by the new weights")
+
+
+def usable_checkpoints(ckpts: Sequence[Checkpoint], *, allow_pickle: bool = False
+                       ) -> tuple[list[Checkpoint], list[tuple[str, str]]]:
+    """``(usable, [(id, error)])``: ``ckpts`` split by :func:`check_on_disk`, so one bad
+    checkpoint costs its own work only."""
+    good, bad = [], []
+    for c in ckpts:
+        try:
+            check_on_disk(c, allow_pickle=allow_pickle)
+            good.append(c)
+        except CkptselError as e:
+            bad.append((c.id, str(e)))
+    return good, bad
 
 
 # -- loading ----------------------------------------------------------------------------------

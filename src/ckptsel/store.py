@@ -14,13 +14,21 @@ name exists under several spec hashes, the newest row is the one read.
 
 The database runs in WAL mode and every write is one transaction: a crash mid-write
 leaves the previous state intact.
+
+When the disk says no (full, read-only, not ours, locked by another writer),
+:func:`storage_error` turns the ``sqlite3`` or ``OSError`` into a one-line ``CkptselError``
+naming the path and the fix; the transaction that failed is rolled back, so the store keeps
+exactly what was committed before.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
 import re
+import shutil
 import sqlite3
 import time
 from dataclasses import dataclass, field
@@ -168,6 +176,8 @@ class Store:
             self.conn.close()
             if isinstance(e, CkptselError):
                 raise
+            if (err := storage_error(e, self.path.parent)) is not None:
+                raise err from e
             raise CkptselError(f"{self.path} is not a readable ckptsel store ({e}); "
                                "move it aside or pass another --workspace") from e
 
@@ -379,6 +389,108 @@ class _Transaction:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
-            self.conn.execute("COMMIT")
+            try:
+                self.conn.execute("COMMIT")
+            except sqlite3.Error:
+                self._rollback()
+                raise
         else:
-            self.conn.execute("ROLLBACK")
+            self._rollback()
+
+    def _rollback(self) -> None:
+        # SQLite may already have rolled back (a full disk, an I/O error): then ROLLBACK itself
+        # fails, and that error must not hide the one that caused it.
+        if self.conn.in_transaction:
+            try:
+                self.conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+
+
+# SQLite primary result codes (https://www.sqlite.org/rescode.html) that mean the disk said no.
+_SQLITE_BUSY, _SQLITE_READONLY, _SQLITE_IOERR, _SQLITE_FULL, _SQLITE_CANTOPEN = 5, 8, 10, 13, 14
+_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+def _read_only_fs(path: Path) -> bool:
+    for p in (path, *path.parents):
+        if p.exists():
+            try:
+                return bool(os.statvfs(p).f_flag & os.ST_RDONLY)
+            except OSError:
+                return False
+    return False
+
+
+def _user() -> str:
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except (ImportError, KeyError):
+        return f"uid {os.geteuid()}"
+
+
+def storage_error(exc: BaseException, workspace: str | Path) -> CkptselError | None:
+    """A one-line ``CkptselError`` for a storage fault under ``workspace``, else None.
+
+    Faults: no space (ENOSPC, EDQUOT, EFBIG, SQLite "database or disk is full"), a read-only
+    file system (EROFS), no permission (EACCES, EPERM, SQLite "attempt to write a readonly
+    database" / "unable to open database file" where the workspace is not writable), a disk
+    I/O error, and a store locked by another writer for longer than the 30 s busy timeout.
+    Other errors (a bug, a bad checkpoint) give None and keep their traceback.
+    """
+    workspace = Path(workspace)
+    where, kind = workspace, None
+    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, sqlite3.Error):
+        code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+        where = workspace / "ckptsel.db" if (workspace / "ckptsel.db").exists() else workspace
+        if code == _SQLITE_FULL:
+            kind = "full"
+        elif code == _SQLITE_BUSY:
+            kind = "locked"
+        elif code in (_SQLITE_READONLY, _SQLITE_CANTOPEN, _SQLITE_IOERR):
+            if _read_only_fs(workspace):
+                kind = "read-only"
+            elif workspace.is_dir() and not os.access(workspace, os.W_OK):
+                kind = "denied"
+            elif code == _SQLITE_IOERR:
+                kind = "full" if _free_bytes(workspace) < (1 << 20) else "io"
+            elif code == _SQLITE_READONLY:
+                kind = "denied"
+    elif isinstance(exc, OSError) and exc.errno is not None:
+        where = Path(exc.filename) if exc.filename else workspace
+        detail = exc.strerror or detail
+        kind = ("full" if exc.errno in _FULL_ERRNOS else "read-only" if exc.errno == errno.EROFS
+                else "denied" if exc.errno in (errno.EACCES, errno.EPERM) else None)
+    else:  # libraries that wrap these errors in their own types (safetensors, SQLAlchemy for MLflow)
+        for text, k in ((os.strerror(errno.ENOSPC), "full"), ("database or disk is full", "full"),
+                        (os.strerror(errno.EROFS), "read-only")):
+            if text in detail:
+                kind = k
+    if kind == "full":
+        return CkptselError(f"no space left on the disk of {where} ({detail}); free space there or move the "
+                            f"workspace (--workspace DIR on another disk) and rerun: the store keeps everything "
+                            f"finished before the failure")
+    if kind == "read-only":
+        return CkptselError(f"cannot write {where}: read-only file system ({detail}; the store needs its lock "
+                            f"files beside it even to read); remount it read-write, or copy the workspace to a "
+                            f"writable disk and pass --workspace DIR")
+    if kind == "denied":
+        return CkptselError(f"cannot access {where}: permission denied for user {_user()} ({detail}); make it "
+                            f"readable and writable by that user (chown/chmod) or pass --workspace DIR you own")
+    if kind == "locked":
+        return CkptselError(f"the store {where} is locked by another process writing to it ({detail}); "
+                            f"let it finish (or stop it) and rerun")
+    if kind == "io":
+        return CkptselError(f"disk I/O error on {where} ({detail}); check the disk (dmesg, df) and rerun: "
+                            f"the store keeps everything finished before the failure")
+    return None
+
+
+def _free_bytes(path: Path) -> int:
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return 1 << 62
