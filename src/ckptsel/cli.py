@@ -22,6 +22,7 @@ the pipeline:
   ckptsel predict-pair mix-a@6000 mix-b@6000 --model mc
   ckptsel rank --all --model mc --top 10
   ckptsel serve --name mc@champion --port 5000
+  ckptsel report                                          # report/index.html with plots, also in MLflow
 
 or start from a table you already have:
   ckptsel import-table zoo.csv --id-column model_id --labels ft_mnli,ft_squad
@@ -248,11 +249,13 @@ def cmd_stability(args) -> int:
 def cmd_indicators(args) -> int:
     from pathlib import Path
 
+    from ckptsel.executor import make_executor
     from ckptsel.indicators import run_indicators
     from ckptsel.indicators.spec import load_spec
     from ckptsel.store import Store
 
     spec = load_spec(args.spec)
+    make_executor(args.executor, args.ray_address)  # --ray-address without --executor ray: fail early
     ws = _workspace(args).ensure()
     with Store(ws.db_path) as store:
         ckpts, seen = [], set()
@@ -267,12 +270,20 @@ def cmd_indicators(args) -> int:
                 if c.id not in seen:
                     seen.add(c.id)
                     ckpts.append(c)
-        report = run_indicators(store, ckpts, spec, device=args.device, dtype=args.dtype,
-                                batch_size=args.batch_size, average_window=args.average_window,
-                                ensemble_window=args.ensemble_window, allow_pickle=args.allow_pickle,
-                                threads=args.threads, progress=False if args.no_progress else None)
-    _emit(args, {"spec": spec.name, "checkpoints": [c.id for c in ckpts], **report.__dict__}, report.describe())
-    return 0
+        from ckptsel.checkpoints import usable_checkpoints
+
+        ckpts, bad = usable_checkpoints(ckpts, allow_pickle=args.allow_pickle)  # the others still run
+        with make_executor(args.executor, args.ray_address) as executor:
+            report = run_indicators(store, ckpts, spec, device=args.device, dtype=args.dtype,
+                                    batch_size=args.batch_size, average_window=args.average_window,
+                                    ensemble_window=args.ensemble_window, allow_pickle=args.allow_pickle,
+                                    threads=args.threads, progress=False if args.no_progress else None,
+                                    executor=executor)
+    _emit(args, {"spec": spec.name, "checkpoints": [c.id for c in ckpts], **report.__dict__,
+                 "errors": [{"id": i, "error": e} for i, e in bad]}, report.describe())
+    for _, e in bad:
+        print(f"ckptsel: error: {e}", file=sys.stderr)
+    return 1 if bad else 0
 
 
 def cmd_average(args) -> int:
@@ -297,10 +308,12 @@ def cmd_average(args) -> int:
 def cmd_finetune(args) -> int:
     from pathlib import Path
 
+    from ckptsel.executor import make_executor
     from ckptsel.finetune import load_task, run_finetune
     from ckptsel.store import Store
 
     task = load_task(args.task)
+    make_executor(args.executor, args.ray_address)  # --ray-address without --executor ray: fail early
     try:
         seeds = [int(s) for s in _csv_list(args.seeds)]
     except ValueError as e:
@@ -319,19 +332,82 @@ def cmd_finetune(args) -> int:
                 if c.id not in seen:
                     seen.add(c.id)
                     ckpts.append(c)
-        report = run_finetune(store, ckpts, task, workspace=ws.root, seeds=seeds, device=args.device,
-                              progress=False if args.no_progress else None)
-    _emit(args, report.__dict__, report.describe())
+        from ckptsel.checkpoints import usable_checkpoints
+
+        ckpts, bad = usable_checkpoints(ckpts)  # a deleted or damaged checkpoint: the others still run
+        with make_executor(args.executor, args.ray_address) as executor:
+            report = run_finetune(store, ckpts, task, workspace=ws.root, seeds=seeds, device=args.device,
+                                  progress=False if args.no_progress else None, executor=executor)
+    _emit(args, {**report.__dict__, "errors": [{"id": i, "error": e} for i, e in bad]}, report.describe())
+    for _, e in bad:
+        print(f"ckptsel: error: {e}", file=sys.stderr)
+    return 1 if bad else 0
+
+
+def cmd_report(args) -> int:
+    from pathlib import Path
+
+    from ckptsel.report import write_report
+
+    report = write_report(_workspace(args), model=args.model, target=args.target,
+                          out=Path(args.out) if args.out else None, log_to_mlflow=not args.no_mlflow)
+    data = {"html": str(report.html), "images": [str(p) for p in report.images],
+            "mlflow_run_id": report.mlflow_run_id, "notes": report.notes}
+    if not args.json:
+        for note in report.notes:
+            print(f"note: {note}", file=sys.stderr)
+    _emit(args, data, str(report.html))
     return 0
 
 
 def cmd_demo(args) -> int:
     from ckptsel.demo import run_demo
 
-    return run_demo(args.workspace or "ckptsel-demo")
+    try:
+        seeds = [int(s) for s in _csv_list(args.seeds)]
+    except ValueError as e:
+        raise CkptselError(f"--seeds {args.seeds!r} must be comma-separated integers, e.g. 0,1,2") from e
+    return run_demo(args.workspace or "ckptsel-demo", preset=args.preset, seeds=seeds, tasks=_csv_list(args.tasks),
+                    repeats=args.repeats, report=not args.no_report)
+
+
+def cmd_zoo_build(args) -> int:
+    from ckptsel.executor import make_executor
+    from ckptsel.zoo import build_zoo, get_preset
+
+    preset = get_preset(args.preset)
+    make_executor(args.executor, args.ray_address)  # --ray-address without --executor ray: fail early
+    with make_executor(args.executor, args.ray_address) as executor:
+        result = build_zoo(preset, _workspace(args).root, progress=False if args.no_progress or args.json else None,
+                           executor=executor, threads=args.threads)
+    _emit(args, result.__dict__, result.describe())
+    return 0
+
+
+def cmd_zoo_list(args) -> int:
+    from ckptsel.zoo.presets import BUILTIN
+
+    presets = [BUILTIN[name]() for name in BUILTIN]
+    data = [{"name": p.name, "variants": len(p.variants), "checkpoints": p.n_checkpoints,
+             "description": p.description} for p in presets]
+    _emit(args, data, "\n".join(f"{d['name']:<12} {d['variants']:>3} variants {d['checkpoints']:>4} checkpoints  "
+                                f"{d['description']}" for d in data))
+    return 0
 
 
 # -- parser -----------------------------------------------------------------------------------
+def add_executor_args(p: argparse.ArgumentParser, job: str) -> None:
+    """``--executor local|ray`` and ``--ray-address``, for stages that run one job per ``job``."""
+    p.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help=f"local: run here, one {job} after another (default). ray: one Ray task per {job}, "
+                        "with the num_cpus/num_gpus of the spec (default 1 CPU, 0 GPU), a fresh worker "
+                        "process per job, retried if its worker dies; results are stored here only")
+    p.add_argument("--ray-address", metavar="ADDR",
+                   help="Ray cluster to use with --executor ray: auto (the `ray start` cluster on this node), "
+                        "ray://HEAD:10001 (Ray Client), or HOST:6379; default: $RAY_ADDRESS, else a local "
+                        "Ray started for this command")
+
+
 def _add_table_args(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument("--id-column", required=required, help="column that names each checkpoint")
     p.add_argument("--labels", required=required,
@@ -353,6 +429,36 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--workspace", default=argparse.SUPPRESS, help="workspace directory")
         p.set_defaults(func=func)
         return p
+
+    p = add("zoo", None, "pretrain the micro zoo: tiny Llama models trained here on CPU (checkpoints to study)")
+    zsub = p.add_subparsers(dest="zoo_command", metavar="ACTION", required=True)
+    q = zsub.add_parser(
+        "build", help="pretrain a preset's variants and register their checkpoints in the store",
+        description="Pretrain every variant of a zoo preset (objective, learning rate, domain mix, seed) from "
+                    "scratch on this machine's CPU and register each saved checkpoint as <variant>@<step>, with "
+                    "the features zoo/objective, zoo/lr, zoo/mix/<domain> and zoo/tokens.",
+        epilog="Files: <workspace>/zoo/<preset>/tokenizer/ (one byte-level BPE tokenizer for the whole zoo) and "
+               "<workspace>/zoo/<preset>/<variant>/checkpoint-<N>/ (safetensors). A finished variant has "
+               "complete.json and is skipped on a rerun (seconds); an interrupted one is trained again. "
+               "Same seed and machine: the same bytes. Custom presets are YAML files; see "
+               "`python -c 'import ckptsel.zoo.presets as p; print(p.__doc__)'`. Next: "
+               "`ckptsel indicators clm@300 ... --spec configs/indicators/zoo.yaml`, then `ckptsel finetune`.")
+    q.add_argument("--preset", required=True, metavar="NAME|FILE.yaml",
+                   help="micro (4 variants x 3 checkpoints, about a minute), paper-mini (28 x 5, about 13 "
+                        "minutes of one core) or a preset YAML file; `ckptsel zoo list` shows them")
+    q.add_argument("--threads", type=int, default=1, metavar="N",
+                   help="torch CPU threads per variant (default 1: fastest for models this small on a busy "
+                        "machine; the checkpoint bytes can depend on it)")
+    add_executor_args(q, "variant")
+    q.add_argument("--no-progress", action="store_true", help="no progress bars")
+    q.add_argument("--workspace", default=argparse.SUPPRESS, help="workspace directory")
+    q.add_argument("--json", action="store_true",
+                   help='print {"preset", "root", "variants", "trained", "skipped", "checkpoint_ids", "seconds"}')
+    q.set_defaults(func=cmd_zoo_build)
+    q = zsub.add_parser("list", help="the built-in presets with their variant and checkpoint counts")
+    q.add_argument("--workspace", default=argparse.SUPPRESS, help="workspace directory")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_zoo_list)
 
     p = add("add", cmd_add, "register checkpoint directories or run directories (fingerprinted by their weights)",
             epilog="A checkpoint directory has config.json and model.safetensors (or sharded safetensors); a run "
@@ -389,7 +495,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "ppl_sc/<name>/{token_perplexity,bits_per_byte}, kshot/<task>/{acc,acc_norm,exact_match}; "
                    "window features avg@K/<feature> and ens@K/<feature>. Stored per (checkpoint fingerprint, "
                    "feature, spec hash): a rerun computes only what is missing. "
-                   "See them with `ckptsel features show CKPT --json`.")
+                   "See them with `ckptsel features show CKPT --json`. A checkpoint whose directory is gone or "
+                   "corrupt is reported (exit status 1) and the others are still computed.")
     p.add_argument("checkpoints", nargs="+", metavar="CKPT",
                    help="checkpoint or run directory (added to the store), or id / run@step of a stored checkpoint")
     p.add_argument("--spec", required=True, help="indicator spec, e.g. configs/indicators/default.yaml")
@@ -405,6 +512,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CPU threads while scoring (default: 1 for models under 20M parameters, else torch's)")
     p.add_argument("--run", help="run name for checkpoint directories added here")
     p.add_argument("--allow-pickle", action="store_true", help="accept pickled .bin weights (only files you trust)")
+    add_executor_args(p, "checkpoint or window")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print what was computed as JSON")
 
@@ -434,6 +542,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", default="0", help="comma-separated seeds (default 0); the label is their mean")
     p.add_argument("--run", help="run name for checkpoints added from directories")
     p.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    add_executor_args(p, "(checkpoint, seed)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
@@ -505,13 +614,39 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--json", action="store_true")
     out.add_argument("--csv", action="store_true")
 
-    p = add("serve", cmd_serve, "serve the registered predictor over REST with `mlflow models serve`")
+    p = add("serve", cmd_serve, "serve the registered predictor over REST (MLflow's scoring server)",
+            epilog="POST /invocations with {\"dataframe_records\": [{\"a.<feature>\": ..., \"b.<feature>\": ...}]} "
+                   "(or dataframe_split, inputs); answers {\"predictions\": [{\"prob_a_better\": p}]}. GET /ping "
+                   "for health. Bad requests get 4xx with a message: 400 (schema, types, infinities, bad or too "
+                   "deeply nested JSON), 413 (body over 64 MiB), 415 (no or unsupported Content-Type). The model "
+                   "is loaded from the registry of $MLFLOW_TRACKING_URI (a team server) or the workspace's mlflow.db.")
     p.add_argument("--name", help="NAME@ALIAS, NAME/VERSION or NAME (alias champion); default: the only model")
-    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="bind address (default 127.0.0.1: this machine only; 0.0.0.0 exposes it to the network)")
     p.add_argument("--port", type=int, default=5000)
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes, each with its own model copy")
 
-    p = add("demo", cmd_demo, "run the whole pipeline on a small example table in ./ckptsel-demo")
+    p = add("report", cmd_report, "write an HTML page with plots of the evaluations, the model and the runs",
+            epilog="The page (index.html, PNG plots, no script, no network) shows the saved evaluations "
+                   "(`ckptsel evaluate`), the model's feature importance (`ckptsel train`) and every indicator "
+                   "and label over steps per run with its MTV. The folder is also logged as artifacts report/ "
+                   "of the model's MLflow training run. Open it with a browser: "
+                   "xdg-open <workspace>/report/index.html")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: <workspace>/report)")
+    p.add_argument("--model", help="exported predictor name (default: the newest, for --target when given)")
+    p.add_argument("--target", help="report only this target (default: every evaluated target)")
+    p.add_argument("--no-mlflow", action="store_true", help="do not attach the folder to the MLflow run")
+    p.add_argument("--json", action="store_true", help='print {"html", "images", "mlflow_run_id", "notes"}')
+
+    p = add("demo", cmd_demo, "run the whole pipeline on the micro zoo in ./ckptsel-demo: build tiny models, "
+            "compute indicators, fine-tune them, evaluate, train and register the predictor, predict-pair, rank, "
+            "report (about 5 minutes on 2 CPU cores; a rerun reuses what is done)")
+    p.add_argument("--preset", default="micro", help="zoo preset: micro (default) or paper-mini (about an hour)")
+    p.add_argument("--tasks", default="zoo_domain,zoo_ending,zoo_cloze",
+                   help="SFT tasks (configs/sft/NAME.yaml), comma-separated; the first is the model's target")
+    p.add_argument("--seeds", default="0", help="fine-tuning seeds per checkpoint, e.g. 0,1,2 (default 0)")
+    p.add_argument("--repeats", type=int, default=20, help="random 60/40 splits to average over (default 20)")
+    p.add_argument("--no-report", action="store_true", help="skip the HTML report")
     return parser
 
 
@@ -542,6 +677,17 @@ def _run(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except Exception as e:  # a full disk, a read-only or unwritable workspace: one line, no traceback
+        import os
+        from pathlib import Path
+
+        from ckptsel.store import storage_error
+
+        err = storage_error(e, Path(args.workspace or os.environ.get("CKPTSEL_HOME") or ".").expanduser().resolve())
+        if err is None:
+            raise
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return 2
 
 
 def main(argv: list[str] | None = None) -> int:
