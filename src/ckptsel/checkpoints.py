@@ -481,6 +481,9 @@ def load_model(path: str | Path, *, allow_pickle: bool = False, dtype=None, devi
                            f"save one into it with tokenizer.save_pretrained('{path}')")
     device, dtype = resolve_device_dtype(dtype, device)
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a "Loading weights" bar per checkpoint; ckptsel shows its own progress
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False, local_files_only=True)

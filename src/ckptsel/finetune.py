@@ -228,7 +228,11 @@ def prepare_model(model, task: SFTTask):
     cfg = LoraConfig(r=int(task.lora["r"]), lora_alpha=float(task.lora["alpha"]),
                      lora_dropout=float(task.lora["dropout"]), target_modules=task.lora["target_modules"],
                      task_type="CAUSAL_LM")
-    return get_peft_model(model, cfg)
+    import warnings
+
+    with warnings.catch_warnings():  # peft 0.21 calls a transformers 5 method that is renamed (FutureWarning)
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(model, cfg)
 
 
 def train(model, tokenizer, task: SFTTask, *, seed: int, progress: bool | None = None):
