@@ -20,7 +20,7 @@ import pytest
 from ckptsel.demo import DEFAULT_TASKS
 
 ROOT = Path(__file__).resolve().parents[1]
-CLI = [sys.executable, "-m", "ckptsel.cli"]
+CLI = [sys.executable, "-m", "ckptsel"]
 
 
 def _snapshot(ws: Path) -> dict[str, float]:
