@@ -33,7 +33,7 @@ from test_serve import pairs, predictor, server, trained  # noqa: F401  (module 
 
 pytestmark = pytest.mark.slow
 
-FUZZ = settings(max_examples=25, deadline=None, derandomize=True,
+FUZZ = settings(max_examples=25, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
                                        HealthCheck.data_too_large])
 
