@@ -21,6 +21,7 @@ rewrites the report.
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 import time
 from pathlib import Path
@@ -93,6 +94,10 @@ def format_summary(per_target: dict[str, dict[str, dict]]) -> str:
 
 def run_demo(workspace: str | Path = "ckptsel-demo", *, preset: str = "micro", seeds: Sequence[int] = (0,),
              tasks: Sequence[str] = DEFAULT_TASKS, repeats: int = 20, seed: int = 0, report: bool = True) -> int:
+    missing = [m for m in ("torch", "transformers", "peft") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise CkptselError(f"the demo trains models and needs {', '.join(missing)}: install the [lm] extra, "
+                           "pip install torch==2.13.0 && pip install -e '.[lm]'")
     from ckptsel.evaluation import evaluate
     from ckptsel.finetune import load_task, run_finetune
     from ckptsel.indicators import run_indicators
