@@ -290,3 +290,30 @@ def test_a_body_over_the_limit_gets_413_before_it_is_sent(server):
     assert answer.startswith(b"HTTP/1.1 413"), answer[:300]
     assert b"MiB" in answer
     assert ping(server) == 200
+
+
+@pytest.mark.parametrize("body,column", [
+    ({"dataframe_records": [{"a.x": 1.0, "b.x": []}]}, "b.x"),
+    ({"inputs": [{"a.x": {"v": 1}, "b.x": 2.0}]}, "a.x"),
+    ({"inputs": {"a.x": [1.0, [2.0]], "b.x": [1.0, 2.0]}}, "a.x"),
+    ({"dataframe_split": {"columns": ["a.x", "b.x"], "data": [[1.0, 2.0], [3.0, [4.0]]]}}, "b.x"),
+    ({"instances": [[1.0, [2.0]]]}, "#1"),
+])
+def test_list_or_object_cells_are_refused_before_mlflow(body, column):
+    """MLflow reads [] in a number column as NaN (a missing value); the guard refuses it, naming the column."""
+    from ckptsel.serving import _json_problem
+
+    problem = _json_problem(json.dumps(body).encode())
+    assert problem and repr(column) in problem
+
+
+@pytest.mark.parametrize("body", [
+    {"dataframe_records": [{"a.x": 1.0, "b.x": None, "a.m": "web"}]},
+    {"dataframe_split": {"columns": ["a.x", "b.x"], "data": [[1.0, 2.0]]}},
+    {"inputs": {"a.x": [1.0, 2.0], "b.x": [None, 2.0]}},
+    {"dataframe_records": [{"a.x": 1.0, "b.x": "[[[[not brackets]]]]"}]},
+])
+def test_scalar_cells_pass_the_guard(body):
+    from ckptsel.serving import _json_problem
+
+    assert _json_problem(json.dumps(body).encode()) is None

@@ -118,9 +118,9 @@ class RequestGuard:
                 break
         body = b"".join(chunks)
         is_json = content_type.split(";")[0].strip().lower() == "application/json"
-        if is_json and await asyncio.to_thread(_nested_too_deeply, body):
-            return await _reply(send, 400, "JSON nested too deeply; a request is "
-                                           '{"dataframe_records": [{"a.<feature>": ..., "b.<feature>": ...}, ...]}')
+        problem = await asyncio.to_thread(_json_problem, body) if is_json else None
+        if problem:
+            return await _reply(send, 400, problem)
         replayed = False
 
         async def replay():
@@ -133,26 +133,65 @@ class RequestGuard:
         await self.app(scope, replay, send)
 
 
-def _nested_too_deeply(body: bytes, limit: int = 200) -> bool:
-    """Whether ``json.loads(body)`` would raise RecursionError. Requests nest 4 deep; the bracket
-    depth (brackets in strings counted too, vectorised) is an upper bound, and only a body over
-    ``limit`` is parsed to be sure."""
+_EXAMPLE = '{"dataframe_records": [{"a.<feature>": ..., "b.<feature>": ...}, ...]}'
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _bracket_depth(body: bytes) -> int:
+    """An upper bound on the JSON nesting depth (brackets inside strings counted too; vectorised)."""
     import numpy as np
 
-    if body.count(b"[") + body.count(b"{") <= limit:
-        return False
     raw = np.frombuffer(body, dtype=np.uint8)
     opens = (raw == ord("[")) | (raw == ord("{"))
     brackets = opens | (raw == ord("]")) | (raw == ord("}"))
-    if np.cumsum(np.where(opens[brackets], 1, -1)).max() <= limit:
-        return False
+    steps = np.where(opens[brackets], 1, -1)
+    return int(np.cumsum(steps).max()) if len(steps) else 0
+
+
+def _json_problem(body: bytes) -> str | None:
+    """Why MLflow must not see this JSON body, or None. Two cases MLflow gets wrong: nesting so
+    deep that ``json.loads`` raises RecursionError (a 500 there), and a cell that is a list or
+    an object (MLflow's schema enforcement turns ``[]`` in a number column into NaN, i.e. a
+    missing value, and scores it). A request with scalar cells nests at most 3 deep (records
+    and column forms) or 4 (``dataframe_split``); only deeper bodies are parsed here."""
+    if _bracket_depth(body) <= 3:
+        return None
     try:
-        json.loads(body)
+        obj = json.loads(body)
     except RecursionError:
-        return True
+        return f"JSON nested too deeply; a request is {_EXAMPLE}"
     except ValueError:  # not JSON: MLflow answers 400 for that itself
-        pass
-    return False
+        return None
+    cell = _nonscalar_cell(obj)
+    return None if cell is None else (f"column {cell!r}: a cell holds a list or an object; every value must be a "
+                                      f"number, a string or null, as in {_EXAMPLE}")
+
+
+def _nonscalar_cell(obj) -> str | None:
+    """The column of the first list/object cell in any of MLflow's request forms, else None."""
+    if not isinstance(obj, dict):
+        return None
+    split = obj.get("dataframe_split")
+    if isinstance(split, dict) and isinstance(split.get("data"), list):
+        columns = split.get("columns") if isinstance(split.get("columns"), list) else []
+        for row in split["data"]:
+            for j, v in enumerate(row if isinstance(row, list) else [row]):
+                if not isinstance(v, _SCALARS):
+                    return str(columns[j]) if j < len(columns) else f"#{j}"
+    for key in ("dataframe_records", "inputs", "instances"):
+        value = obj.get(key)
+        rows = value if isinstance(value, list) else []
+        for row in rows:
+            items = row.items() if isinstance(row, dict) else enumerate(row) if isinstance(row, list) else ()
+            for k, v in items:
+                if not isinstance(v, _SCALARS):
+                    return str(k) if isinstance(k, str) else f"#{k}"
+        if isinstance(value, dict):  # columns: {"a.x": [1, 2], ...}
+            for k, col in value.items():
+                for v in col if isinstance(col, list) else [col]:
+                    if not isinstance(v, _SCALARS):
+                        return str(k)
+    return None
 
 
 async def _reply(send, status: int, message: str) -> None:
