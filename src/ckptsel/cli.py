@@ -129,7 +129,7 @@ def cmd_features_show(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from ckptsel.evaluation import Split, evaluate, format_result
+    from ckptsel.evaluation import Split, evaluate, format_result, plain_perplexity_rules
     from ckptsel.store import Store
     from ckptsel.training import group_values, labelled_table
 
@@ -149,7 +149,8 @@ def cmd_evaluate(args) -> int:
         table = labelled_table(store, args.target)
     groups = group_values(table, split.column) if split.kind == "group" else None
     result = evaluate(table.frame, table.y, target=args.target, split=split, repeats=args.repeats,
-                      seed=args.seed, groups=groups, progress=not args.json and sys.stderr.isatty())
+                      seed=args.seed, groups=groups, fixed_rules=plain_perplexity_rules(table.frame.numeric_names),
+                      progress=not args.json and sys.stderr.isatty())
     if not args.no_mlflow:
         from ckptsel.tracking import log_evaluation
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ckptsel.errors import CkptselError
+from ckptsel.evaluation import plain_perplexity_rules
 from ckptsel.workspace import Workspace
 
 DEFAULT_TASKS = ("zoo_domain", "zoo_ending", "zoo_cloze")
@@ -42,12 +43,6 @@ def repo_path(*parts: str) -> Path:
         raise CkptselError(f"{path} is missing: the demo needs the source checkout's configs/ and data/; "
                            "install with `pip install -e .` from a clone of the repository")
     return path
-
-
-def plain_perplexity_rules(names: Sequence[str]) -> dict[str, int]:
-    """The "lower perplexity is better" rule for every plain (causal-LM) perplexity feature:
-    ``ppl/<corpus>/token_perplexity`` of the checkpoint itself (no window prefix)."""
-    return {f: -1 for f in names if f.startswith("ppl/") and f.endswith("/token_perplexity")}
 
 
 def summary_rows(results: dict[str, dict]) -> list[tuple[str, dict[str, dict]]]:

@@ -62,6 +62,12 @@ class Split:
         return f"group:{self.column}" + (f":{self.group_fraction:g}" if self.group_fraction else "")
 
 
+def plain_perplexity_rules(names: Sequence[str]) -> dict[str, int]:
+    """The rule "lower perplexity fine-tunes better" for every plain (causal-LM) perplexity
+    feature of the checkpoint itself, ``ppl/<corpus>/token_perplexity`` (no window prefix)."""
+    return {f: -1 for f in names if f.startswith("ppl/") and f.endswith("/token_perplexity")}
+
+
 def correctness(prob: np.ndarray, truth: np.ndarray) -> np.ndarray:
     """1 for a right call, 0 for a wrong one, 1/2 for a prediction of exactly 1/2."""
     return np.where(prob == 0.5, 0.5, ((prob > 0.5) == truth).astype(float))
