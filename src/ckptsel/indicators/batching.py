@@ -32,6 +32,7 @@ from typing import Sequence
 
 import torch
 
+from ckptsel.errors import CkptselError
 from ckptsel.indicators.lm import ScoringLM
 
 
@@ -93,7 +94,9 @@ def loglikelihood(lm: ScoringLM, requests: Sequence[tuple[Sequence[int], Sequenc
         if not ctx or not cont:
             raise ValueError("each request needs a non-empty context and continuation")
         if len(cont) > L:
-            raise ValueError(f"a continuation of {len(cont)} tokens exceeds max_length {L}")
+            raise CkptselError(f"a continuation of {len(cont)} tokens exceeds max_length {L}; raise max_length in "
+                               "the indicator spec (at most the model's max_position_embeddings) or shorten the "
+                               "task's choices")
         whole = (list(ctx) + list(cont))[-(L + 1):]
         inputs.append(whole[:-1])
         n_scored.append(len(cont))
