@@ -61,6 +61,22 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait(timeout=10)
 
 
+def wait_for(url: str, proc: subprocess.Popen, log: Path, limit_s: float = STARTUP_LIMIT_S) -> None:
+    """Poll ``url`` until it answers 200; fail with the log's tail if ``proc`` exits or time runs out."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"{proc.args[:4]} exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+        try:
+            if request(url, timeout=2)[0] == 200:
+                return
+        except (urllib.error.URLError, ConnectionError, socket.timeout, OSError):
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"no answer from {url} in {limit_s} s:\n{log.read_text()[-4000:]}")
+        time.sleep(0.3)
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     return trained_workspace(tmp_path_factory)
@@ -79,18 +95,7 @@ def server(trained, tmp_path_factory):
                                 stdin=subprocess.DEVNULL, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + STARTUP_LIMIT_S
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"ckptsel serve exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
-            try:
-                if request(base + "/ping", timeout=2)[0] == 200:
-                    break
-            except (urllib.error.URLError, ConnectionError, socket.timeout, OSError):
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"no /ping answer in {STARTUP_LIMIT_S} s:\n{log_path.read_text()[-4000:]}")
-            time.sleep(0.5)
+        wait_for(base + "/ping", proc, log_path, STARTUP_LIMIT_S)
         yield base
     finally:
         stop(proc)

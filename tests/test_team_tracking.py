@@ -16,37 +16,18 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import time
-import urllib.error
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from helpers_tables import (LABELS, TARGET, best, check_ok, clean_env, console_script, feature_frames, make_rows,
                             pair_records, run_cli, worst, write_table)
-from test_serve import free_port, request
+from test_serve import free_port, request, wait_for
 
 pytestmark = pytest.mark.slow
 
 MODEL = "teamsel"
-
-
-def wait_for(url: str, proc: subprocess.Popen, log: Path, limit_s: float = 60) -> None:
-    deadline = time.monotonic() + limit_s
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"{proc.args[:4]} exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
-        try:
-            if request(url, timeout=2)[0] == 200:
-                return
-        except (urllib.error.URLError, ConnectionError, socket.timeout, OSError):
-            pass
-        if time.monotonic() > deadline:
-            pytest.fail(f"no answer from {url} in {limit_s} s:\n{log.read_text()[-4000:]}")
-        time.sleep(0.3)
 
 
 @pytest.fixture(scope="module")

@@ -247,44 +247,61 @@ def cmd_stability(args) -> int:
     return 0
 
 
-def cmd_indicators(args) -> int:
+def _job_checkpoints(store, args, *, allow_pickle: bool = False):
+    """The CKPT arguments of a per-checkpoint stage: directories are added to the store, ids and
+    run@step looked up, duplicates dropped; returns ``(usable, [(id, error)])`` so that a deleted
+    or damaged checkpoint costs only its own work."""
     from pathlib import Path
 
+    from ckptsel.checkpoints import add_checkpoints, usable_checkpoints
+
+    ckpts, seen = [], set()
+    for ref in args.checkpoints:
+        if Path(ref).expanduser().is_dir():
+            found = add_checkpoints(store, [ref], run=args.run, allow_pickle=allow_pickle)
+        else:
+            found = [store.get_checkpoint(ref)]
+        for c in found:
+            if c.id not in seen:
+                seen.add(c.id)
+                ckpts.append(c)
+    return usable_checkpoints(ckpts, allow_pickle=allow_pickle)
+
+
+def _emit_with_errors(args, data: dict, text: str, bad) -> int:
+    """Print the result, then one ``ckptsel: error:`` line per bad checkpoint; exit 1 if any."""
+    _emit(args, {**data, "errors": [{"id": i, "error": e} for i, e in bad]}, text)
+    for _, e in bad:
+        print(f"ckptsel: error: {e}", file=sys.stderr)
+    return 1 if bad else 0
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        return [int(s) for s in _csv_list(text)]
+    except ValueError as e:
+        raise CkptselError(f"--seeds {text!r} must be comma-separated integers, e.g. 0,1,2") from e
+
+
+def cmd_indicators(args) -> int:
     from ckptsel.executor import make_executor
     from ckptsel.indicators import run_indicators
     from ckptsel.indicators.spec import load_spec
     from ckptsel.store import Store
 
     spec = load_spec(args.spec)
-    make_executor(args.executor, args.ray_address)  # --ray-address without --executor ray: fail early
+    executor = make_executor(args.executor, args.ray_address)  # bad flags fail before any work
     ws = _workspace(args).ensure()
     with Store(ws.db_path) as store:
-        ckpts, seen = [], set()
-        for ref in args.checkpoints:
-            if Path(ref).expanduser().is_dir():
-                from ckptsel.checkpoints import add_checkpoints
-
-                found = add_checkpoints(store, [ref], run=args.run, allow_pickle=args.allow_pickle)
-            else:
-                found = [store.get_checkpoint(ref)]
-            for c in found:
-                if c.id not in seen:
-                    seen.add(c.id)
-                    ckpts.append(c)
-        from ckptsel.checkpoints import usable_checkpoints
-
-        ckpts, bad = usable_checkpoints(ckpts, allow_pickle=args.allow_pickle)  # the others still run
-        with make_executor(args.executor, args.ray_address) as executor:
+        ckpts, bad = _job_checkpoints(store, args, allow_pickle=args.allow_pickle)
+        with executor:
             report = run_indicators(store, ckpts, spec, device=args.device, dtype=args.dtype,
                                     batch_size=args.batch_size, average_window=args.average_window,
                                     ensemble_window=args.ensemble_window, allow_pickle=args.allow_pickle,
                                     threads=args.threads, progress=False if args.no_progress else None,
                                     executor=executor)
-    _emit(args, {"spec": spec.name, "checkpoints": [c.id for c in ckpts], **report.__dict__,
-                 "errors": [{"id": i, "error": e} for i, e in bad]}, report.describe())
-    for _, e in bad:
-        print(f"ckptsel: error: {e}", file=sys.stderr)
-    return 1 if bad else 0
+    return _emit_with_errors(args, {"spec": spec.name, "checkpoints": [c.id for c in ckpts], **report.__dict__},
+                             report.describe(), bad)
 
 
 def cmd_average(args) -> int:
@@ -307,42 +324,20 @@ def cmd_average(args) -> int:
 
 
 def cmd_finetune(args) -> int:
-    from pathlib import Path
-
     from ckptsel.executor import make_executor
     from ckptsel.finetune import load_task, run_finetune
     from ckptsel.store import Store
 
     task = load_task(args.task)
-    make_executor(args.executor, args.ray_address)  # --ray-address without --executor ray: fail early
-    try:
-        seeds = [int(s) for s in _csv_list(args.seeds)]
-    except ValueError as e:
-        raise CkptselError(f"--seeds {args.seeds!r} must be comma-separated integers, e.g. 0,1,2") from e
+    executor = make_executor(args.executor, args.ray_address)  # bad flags fail before any work
+    seeds = _seeds(args.seeds)
     ws = _workspace(args).ensure()
     with Store(ws.db_path) as store:
-        ckpts, seen = [], set()
-        for ref in args.checkpoints:
-            if Path(ref).expanduser().is_dir():
-                from ckptsel.checkpoints import add_checkpoints
-
-                found = add_checkpoints(store, [ref], run=args.run)
-            else:
-                found = [store.get_checkpoint(ref)]
-            for c in found:
-                if c.id not in seen:
-                    seen.add(c.id)
-                    ckpts.append(c)
-        from ckptsel.checkpoints import usable_checkpoints
-
-        ckpts, bad = usable_checkpoints(ckpts)  # a deleted or damaged checkpoint: the others still run
-        with make_executor(args.executor, args.ray_address) as executor:
+        ckpts, bad = _job_checkpoints(store, args)
+        with executor:
             report = run_finetune(store, ckpts, task, workspace=ws.root, seeds=seeds, device=args.device,
                                   progress=False if args.no_progress else None, executor=executor)
-    _emit(args, {**report.__dict__, "errors": [{"id": i, "error": e} for i, e in bad]}, report.describe())
-    for _, e in bad:
-        print(f"ckptsel: error: {e}", file=sys.stderr)
-    return 1 if bad else 0
+    return _emit_with_errors(args, report.__dict__, report.describe(), bad)
 
 
 def cmd_report(args) -> int:
@@ -364,12 +359,8 @@ def cmd_report(args) -> int:
 def cmd_demo(args) -> int:
     from ckptsel.demo import run_demo
 
-    try:
-        seeds = [int(s) for s in _csv_list(args.seeds)]
-    except ValueError as e:
-        raise CkptselError(f"--seeds {args.seeds!r} must be comma-separated integers, e.g. 0,1,2") from e
-    return run_demo(args.workspace or "ckptsel-demo", preset=args.preset, seeds=seeds, tasks=_csv_list(args.tasks),
-                    repeats=args.repeats, report=not args.no_report)
+    return run_demo(args.workspace or "ckptsel-demo", preset=args.preset, seeds=_seeds(args.seeds),
+                    tasks=_csv_list(args.tasks), repeats=args.repeats, report=not args.no_report)
 
 
 def cmd_zoo_build(args) -> int:
@@ -377,7 +368,6 @@ def cmd_zoo_build(args) -> int:
     from ckptsel.zoo import build_zoo, get_preset
 
     preset = get_preset(args.preset)
-    make_executor(args.executor, args.ray_address)  # --ray-address without --executor ray: fail early
     with make_executor(args.executor, args.ray_address) as executor:
         result = build_zoo(preset, _workspace(args).root, progress=False if args.no_progress or args.json else None,
                            executor=executor, threads=args.threads)

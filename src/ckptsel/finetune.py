@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ckptsel.errors import CkptselError
-from ckptsel.executor import RESOURCE_KEYS, Job, Resources, resources_from
+from ckptsel.executor import RESOURCE_KEYS, Job, LocalExecutor, Resources, resources_from
 from ckptsel.store import Checkpoint, Store, spec_hash
 
 VERSION = 1
@@ -387,9 +387,10 @@ def run_finetune(store: Store, ckpts: Sequence[Checkpoint], task: SFTTask, *, wo
     """Fine-tune every checkpoint with every seed; one label per checkpoint, written in one
     transaction after all its seeds finish. Checkpoints whose label exists are skipped.
 
-    ``executor``: ``None`` or a :class:`ckptsel.executor.LocalExecutor` trains here, checkpoint
-    by checkpoint. A :class:`ckptsel.executor.RayExecutor` runs one Ray task per (checkpoint,
-    seed) with the task's ``num_cpus``/``num_gpus`` (``device`` default: ``cuda`` when it asks
+    One job per (weights, seed), in checkpoint order; a checkpoint's label is written when its
+    last seed finishes. ``executor``: ``None`` or a :class:`ckptsel.executor.LocalExecutor` runs
+    the jobs here, one after another. A :class:`ckptsel.executor.RayExecutor` runs one Ray task
+    per job with the task's ``num_cpus``/``num_gpus`` (``device`` default: ``cuda`` when it asks
     for GPUs, else ``cpu``); tasks write adapters under ``workspace`` (which must be on a
     filesystem the workers share) and return metrics; this process writes the labels."""
     if not seeds:
@@ -402,23 +403,16 @@ def run_finetune(store: Store, ckpts: Sequence[Checkpoint], task: SFTTask, *, wo
             report.skipped.append(ckpt.id)
         else:
             todo.append(ckpt)
-    if executor is None or executor.name == "local":
-        for ckpt in todo:
-            values = []
-            for s in seeds:
-                metrics = finetune_one(ckpt, task, s, adapter_dir(workspace, ckpt, task, s), device=device,
-                                       progress=progress)
-                values.append(float(metrics[task.metric]))
-            _store_label(store, ckpt, task, lhash, values, report)
-        return report
-    if device is None:  # where the workers will run, not where this driver runs
+    executor = executor or LocalExecutor()
+    remote = executor.name != "local"
+    if remote and device is None:  # where the workers will run, not where this driver runs
         device = "cuda" if task.resources.num_gpus > 0 else "cpu"
     # One job per (weights, seed): ids sharing a fingerprint share adapters, as they do locally.
     firsts: dict[str, Checkpoint] = {}
     for c in todo:
         firsts.setdefault(c.fingerprint, c)
     jobs = [Job(f"{ckpt.id} seed {s}", finetune_one, (ckpt, task, s, adapter_dir(workspace, ckpt, task, s)),
-                task.resources, {"device": device, "progress": False})
+                task.resources, {"device": device, "progress": False if remote else progress})
             for ckpt in firsts.values() for s in dict.fromkeys(seeds)]  # a repeated seed is trained once
     values: dict[str, dict[int, float]] = {fp: {} for fp in firsts}
     for job, metrics in executor.run(jobs):

@@ -7,7 +7,6 @@ numpy, never mlflow, torch, transformers or peft.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np

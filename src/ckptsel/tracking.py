@@ -12,7 +12,6 @@ import re
 from importlib.metadata import version
 from pathlib import Path
 
-import numpy as np
 
 from ckptsel.store import FeatureFrame
 from ckptsel.workspace import Workspace
