@@ -392,7 +392,7 @@ def per_example_picks(ws: Path, ckpt_id: str, samples: list[dict]) -> dict:
 
     with Store(ws / "ckptsel.db", create=False) as store:
         fp = store.get_checkpoint(ckpt_id).fingerprint
-        ours = store.predictions(f"kshot/{MC_TASK}", [fp]).get(fp)
+        ours = store.predictions(f"kshot/{MC_TASK}/acc", [fp]).get(fp)
     theirs = np.array([int(np.argmax(ll)) for ll in lmeval_choice_lls(samples)])
     if ours is None or len(ours) != len(theirs):
         return {"compared": 0, "differ": None}

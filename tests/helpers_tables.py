@@ -143,7 +143,11 @@ class Trained:
 
     @property
     def model_dir(self) -> Path:
-        return self.root / "models" / self.name
+        """The export the model's name means (models/<name>/<version>/)."""
+        from ckptsel import exports
+        from ckptsel.workspace import Workspace
+
+        return exports.resolve(Workspace(self.root), self.name).directory
 
     @property
     def tracking_uri(self) -> str:

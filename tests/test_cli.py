@@ -118,7 +118,7 @@ def test_unknown_checkpoint_exits_2_with_one_line(trained, script):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
     assert "no-such-ckpt" in lines[0]
-    assert proc.stdout == ""
+    assert json.loads(proc.stdout) == {"error": lines[0].split(": error: ", 1)[1]}  # --json: the error for scripts
 
 
 def test_predict_pair_cold_start_imports_no_heavy_libraries(trained):

@@ -244,8 +244,9 @@ def test_multiple_choice_acc_and_acc_norm_by_hand(models, spec_dir):
     result = run_task(_lm(models[300]), load_task(spec_dir / "mc.yaml"))
     # acc picks the fewest tokens: "a" (2), "pq" (3), tie -> first; acc_norm the longest choice:
     # -5/4 > -3/2 > -2/1 -> "bbbb"; -14/13 -> "longer answer"; tie -> first.
-    assert result.predictions.tolist() == [0, 1, 0]
-    assert result.predictions.dtype == np.int16
+    assert result.predictions["acc"].tolist() == [0, 1, 0]
+    assert result.predictions["acc_norm"].tolist() == [1, 2, 0]
+    assert result.predictions["acc"].dtype == result.predictions["acc_norm"].dtype == np.int16
     assert result.metrics == {"acc": pytest.approx(1 / 3), "acc_norm": pytest.approx(1 / 3)}
 
 
@@ -336,7 +337,7 @@ def test_generation_matches_transformers_generate(models, spec_dir):
                                     {"query": "Say yo:", "answer": "not this" + first}])
     result = run_task(lm, replace(load_task(spec_dir / "gen.yaml")))
     assert result.metrics == {"exact_match": 0.5}
-    assert result.predictions.tolist() == [1, 0]
+    assert list(result.predictions) == ["exact_match"] and result.predictions["exact_match"].tolist() == [1, 0]
 
 
 # -- the store: caching, spec hashes, predictions, windows ---------------------------------------
@@ -359,9 +360,9 @@ def test_run_indicators_stores_caches_and_rehashes(models, spec_dir, tmp_path):
         assert feats["ppl_sc/docs/token_perplexity"] == pytest.approx(V, rel=1e-5)
         assert feats["kshot/hand_mc/acc"] == pytest.approx(1 / 3)
         assert feats["kshot/hand_gen/exact_match"] == 0.0
-        preds = store.predictions("kshot/hand_mc")
-        assert preds[ckpt.fingerprint].tolist() == [0, 1, 0]
-        assert store.predictions("kshot/hand_gen")[ckpt.fingerprint].tolist() == [0, 0]
+        assert store.predictions("kshot/hand_mc/acc")[ckpt.fingerprint].tolist() == [0, 1, 0]
+        assert store.predictions("kshot/hand_mc/acc_norm")[ckpt.fingerprint].tolist() == [1, 2, 0]
+        assert store.predictions("kshot/hand_gen/exact_match")[ckpt.fingerprint].tolist() == [0, 0]
 
         again = run_indicators(store, [ckpt], spec, device="cpu", progress=False, log=lambda m: None)
         assert again.computed_units == 0 and again.cached_units == 4

@@ -26,9 +26,12 @@ def step_of(path: Path) -> int:
 
 
 def expected_features(path: Path) -> dict[str, float]:
-    """lmeval/<task>/<metric> for every metric of a 0.3 file except the standard errors."""
-    results = json.loads(path.read_text())["results"]
-    return {f"lmeval/{task}/{metric}": value for task, metrics in results.items()
+    """lmeval/<task>/<metric> (lmeval/<task>@<k>shot/<metric> for k > 0) for every metric of a
+    0.3 file except the standard errors."""
+    data = json.loads(path.read_text())
+    k = data["config"]["num_fewshot"]
+    shot = f"@{k}shot" if k else ""
+    return {f"lmeval/{task}{shot}/{metric}": value for task, metrics in data["results"].items()
             for metric, value in metrics.items() if not metric.endswith("_stderr")}
 
 
@@ -47,29 +50,30 @@ def test_imports_all_630_pythia_files(store):
     assert {n for r, n in per_run.items() if r.endswith("/five-shot")} == {15}
 
     summary = import_lm_eval(store, [PYTHIA])
-    assert (summary.files, summary.checkpoints, summary.created) == (630, 630, 630)
+    # zero-shot and five-shot results of one model at one step are one checkpoint of run <model>
+    steps = {(f.parent.parent.name, step_of(f)) for f in files}
+    assert len(steps) == 15 * 27  # every five-shot step is also a zero-shot step
+    assert (summary.files, summary.checkpoints, summary.created) == (630, len(steps), len(steps))
     ckpts = store.checkpoints()
-    assert Counter(c.run for c in ckpts) == per_run
-    steps = {(f"{f.parent.parent.name}/{f.parent.name}", step_of(f)) for f in files}
     assert {(c.run, c.step) for c in ckpts} == steps
     for c in ckpts:
         assert c.id == f"{c.run}@{c.step}"
         assert c.fingerprint == "lmeval:" + hashlib.sha256(c.id.encode()).hexdigest()[:16]
 
-    for f in (PYTHIA / "pythia-160m/zero-shot/160m_step1000.json", PYTHIA / "pythia-12b/five-shot/12b-5shot_step143000.json"):
-        assert f.exists()
-        run = f"{f.parent.parent.name}/{f.parent.name}"
-        got = store.feature_frame([f"{run}@{step_of(f)}"]).as_dict(0)
-        want = expected_features(f)
-        assert {k: v for k, v in got.items() if k.startswith("lmeval/")} == want
-        assert not any("stderr" in k for k in got)
+    zero, five = PYTHIA / "pythia-12b/zero-shot/12b_step143000.json", PYTHIA / "pythia-12b/five-shot/12b-5shot_step143000.json"
+    got = store.feature_frame(["pythia-12b@143000"]).as_dict(0)
+    assert {k: v for k, v in got.items() if k.startswith("lmeval/")} == {**expected_features(zero),
+                                                                         **expected_features(five)}
+    assert "lmeval/logiqa@5shot/acc" in got and not any("stderr" in k for k in got)
+    f = PYTHIA / "pythia-160m/zero-shot/160m_step1000.json"
+    assert store.feature_frame(["pythia-160m@1000"]).as_dict(0) == expected_features(f)
     assert store.counts()["features"] == sum(len(expected_features(f)) for f in files)
 
 
 @needs_pythia
 def test_existing_checkpoint_keeps_its_id_and_fingerprint(store):
     with store.transaction():
-        store.upsert_checkpoint(Checkpoint("my-160m-1k", "/ckpts/160m/step1000", "pythia-160m/zero-shot", 1000,
+        store.upsert_checkpoint(Checkpoint("my-160m-1k", "/ckpts/160m/step1000", "pythia-160m", 1000,
                                            "weights:0123456789abcdef"))
     summary = import_lm_eval(store, [PYTHIA / "pythia-160m/zero-shot"])
     assert (summary.created, summary.existing) == (26, 1)
@@ -102,8 +106,8 @@ LAYOUT_04 = {
     "config": {"model": "hf", "model_args": {"pretrained": "org/model-1b", "revision": "step2000"}, "batch_size": 8},
     "git_hash": "abc1234",
 }
-FEATURES_04 = {"lmeval/hellaswag/acc": 0.41, "lmeval/hellaswag/acc_norm": 0.52,
-               "lmeval/gsm8k/exact_match,strict-match": 0.10, "lmeval/gsm8k/exact_match,flexible-extract": 0.125,
+FEATURES_04 = {"lmeval/hellaswag/acc": 0.41, "lmeval/hellaswag/acc_norm": 0.52,  # gsm8k: n-shot 5
+               "lmeval/gsm8k@5shot/exact_match,strict-match": 0.10, "lmeval/gsm8k@5shot/exact_match,flexible-extract": 0.125,
                "lmeval/wikitext/word_perplexity": None}  # infinity is stored as missing
 
 
@@ -112,8 +116,12 @@ def test_04_layout_is_parsed(tmp_path, store):
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps(LAYOUT_04))
     r = parse_result_file(path)
-    assert (r.layout, r.run, r.step, r.model) == ("0.4", "model-1b/mixed", 2000, "org/model-1b")
+    assert (r.layout, r.run, r.step, r.model) == ("0.4", "mixed", 2000, "org/model-1b")
     assert r.features == FEATURES_04
+    path5 = tmp_path / "evals/model-1b/5shot/results.json"  # a setting folder: the run is the model folder
+    path5.parent.mkdir(parents=True)
+    path5.write_text(json.dumps(LAYOUT_04))
+    assert parse_result_file(path5).run == "model-1b"
 
     # model_args as a string without a revision: the step comes from the file name
     other = dict(LAYOUT_04, config={"model": "hf", "model_args": "pretrained=org/model-1b,dtype=bfloat16"})
@@ -170,5 +178,6 @@ def test_cli_import_json_summary(tmp_path):
     summary = json.loads(proc.stdout)
     n_zero = len(list((PYTHIA / "pythia-70m/zero-shot").glob("*.json")))
     n_five = len(list((PYTHIA / "pythia-70m/five-shot").glob("*.json")))
-    assert summary["runs"] == {"pythia-70m/five-shot": n_five, "pythia-70m/zero-shot": n_zero}
-    assert summary["checkpoints"] == summary["created"] == n_zero + n_five == 42
+    steps = {step_of(f) for f in (PYTHIA / "pythia-70m").rglob("*.json")}
+    assert summary["runs"] == {"pythia-70m": len(steps)}
+    assert summary["checkpoints"] == summary["created"] == len(steps) == 27 and n_zero + n_five == 42

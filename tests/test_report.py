@@ -181,7 +181,9 @@ def test_mtv_table_equals_mtv_by_hand(built):
 def test_report_attached_to_training_run(built):
     ws, out = built["ws"], built["out"]
     assert out["mlflow_run_id"] == built["run_id"]
-    registry = json.loads((ws.model_dir("mc") / "registry.json").read_text())
+    from ckptsel import exports
+
+    registry = exports.resolve(ws, "mc").registry
     assert registry["run_id"] == built["run_id"]
     uri = f"sqlite:///{ws.mlflow_db}"
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)

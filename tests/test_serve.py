@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers_tables import (best, clean_env, console_script, feature_frames, pair_records,
+from helpers_tables import (best, run_cli, clean_env, console_script, feature_frames, pair_records,
                             trained_workspace, worst)
 
 pytestmark = pytest.mark.slow
@@ -217,7 +217,7 @@ def test_serve_binds_loopback_by_default(trained, server):
 
     argv, env = serve_command(Workspace(trained.root), f"{trained.name}@champion")
     assert argv[argv.index("--host") + 1] == "127.0.0.1"
-    assert f"models:/{trained.name}@champion" in argv
+    assert f"models:/{trained.name}/1" in argv  # trained once: the champion alias is version 1, here and in MLflow
     assert build_parser().parse_args(["serve"]).host == "127.0.0.1"
 
     port = int(server.rsplit(":", 1)[1])
@@ -233,3 +233,12 @@ def test_serve_binds_loopback_by_default(trained, server):
     if address and not address.startswith("127."):
         with pytest.raises(OSError):
             socket.create_connection((address, port), timeout=5).close()
+
+
+def test_serve_on_a_busy_port_is_one_line(trained, server):
+    port = int(server.rsplit(":", 1)[1])
+    proc = run_cli("--workspace", trained.root, "serve", "--model", f"{trained.name}@champion", "--port", str(port))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"ckptsel: error: port {port} on 127.0.0.1 is in use by another "
+                                                f"process; pass --port N (e.g. --port {port + 1}) or stop the other server"]
+    assert "serving" not in proc.stdout + proc.stderr.split("error")[0]

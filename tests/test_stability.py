@@ -144,6 +144,37 @@ def test_run_stability_errors(toy_run):
         run_stability(toy_run, "r")
 
 
+def test_instability_reads_each_metric_s_own_picks(store):
+    """acc picks argmax LL, acc_norm argmax LL/len: two arrays that flip at different examples.
+    acc:      [0,1,2] -> [0,1,2] -> [1,1,2]: 0/3 then 1/3 flips, IS = 1/6
+    acc_norm: [2,2,0] -> [1,2,0] -> [1,0,1]: 1/3 then 2/3 flips, IS = 1/2"""
+    acc = [[0, 1, 2], [0, 1, 2], [1, 1, 2]]
+    acc_norm = [[2, 2, 0], [1, 2, 0], [1, 0, 1]]
+    with store.transaction():
+        for i, step in enumerate((1, 2, 3)):
+            fp = f"fp{step}"
+            store.upsert_checkpoint(Checkpoint(f"m-{step}", None, "m", step, fp))
+            store.put_features(fp, {"kshot/t/acc": 0.1 * step, "kshot/t/acc_norm": 0.2 * step}, spec_hash="h")
+            store.put_predictions(fp, "kshot/t/acc", np.array(acc[i], dtype=np.int16), spec_hash="h")
+            store.put_predictions(fp, "kshot/t/acc_norm", np.array(acc_norm[i], dtype=np.int16), spec_hash="h")
+    got = run_stability(store, "m", write=False)["features"]
+    assert got["kshot/t/acc"]["is"] == pytest.approx(1 / 6)
+    assert got["kshot/t/acc_norm"]["is"] == pytest.approx(1 / 2)
+
+
+def test_legacy_task_predictions_count_for_acc_only(store):
+    """Old stores hold one ``kshot/<task>`` array, the acc picks: acc_norm gets no IS from it."""
+    with store.transaction():
+        for step, picks in ((1, [0, 1]), (2, [1, 1])):  # one of two examples flips: IS = 1/2
+            fp = f"fp{step}"
+            store.upsert_checkpoint(Checkpoint(f"m-{step}", None, "m", step, fp))
+            store.put_features(fp, {"kshot/t/acc": 0.5, "kshot/t/acc_norm": 0.5}, spec_hash="h")
+            store.put_predictions(fp, "kshot/t", np.array(picks, dtype=np.int16), spec_hash="h")
+    got = run_stability(store, "m", write=False)["features"]
+    assert got["kshot/t/acc"]["is"] == pytest.approx(1 / 2)
+    assert got["kshot/t/acc_norm"]["is"] is None
+
+
 def test_plot_is_a_png(toy_run, tmp_path):
     path, n = plot_stability(toy_run, "r", ["kshot/toy/acc", "ppl/web/bits_per_byte"], tmp_path / "s.png", window=2)
     assert n == 2 and path.read_bytes()[:8] == PNG_MAGIC

@@ -117,7 +117,7 @@ def test_three_workers_log_to_one_server_and_serve_loads_by_alias(tracking_serve
         wait_for(base + "/ping", serve, log)
         from ckptsel.predictor import PairwisePredictor
 
-        predictor = PairwisePredictor.load(first / "models" / MODEL)
+        predictor = PairwisePredictor.load(first / "models" / MODEL / "1")  # the export of version 1
         hi, lo = best(rows), worst(rows)
         rows_a, rows_b = [hi, lo, rows[4]], [lo, hi, rows[9]]
         records = pair_records(rows_a, rows_b, predictor.schema_)

@@ -21,7 +21,7 @@ the pipeline:
   ckptsel train --target sft/tiny_mc/acc --name mc --alias champion
   ckptsel predict-pair mix-a@6000 mix-b@6000 --model mc
   ckptsel rank --all --model mc --top 10
-  ckptsel serve --name mc@champion --port 5000
+  ckptsel serve --model mc@champion --port 5000
   ckptsel report                                          # report/index.html with plots, also in MLflow
 
 or start from a table you already have:
@@ -61,12 +61,30 @@ def cmd_import_table(args) -> int:
     from ckptsel.tables import import_table
 
     ws = _workspace(args).ensure()
+    directions = _directions(args)
     with Store(ws.db_path) as store:
         summary = import_table(store, args.file, id_column=args.id_column, labels=_csv_list(args.labels),
                                run_column=args.run_column, step_column=args.step_column,
                                ignore=_csv_list(args.ignore_columns))
+        with store.transaction():
+            for label, higher in directions.items():
+                store.set_direction(label, higher)
     _emit(args, summary.__dict__, summary.describe())
     return 0
+
+
+def _directions(args) -> dict[str, bool]:
+    """``--higher-is-better`` / ``--lower-is-better`` label lists as {label: higher is better}."""
+    labels = set(_csv_list(args.labels))
+    higher, lower = _csv_list(args.higher_is_better), _csv_list(args.lower_is_better)
+    for name in higher + lower:
+        if name not in labels:
+            raise CkptselError(f"--higher-is-better/--lower-is-better name {name!r}, which is not in --labels "
+                               f"({', '.join(sorted(labels))}); name label columns only")
+    both = sorted(set(higher) & set(lower))
+    if both:
+        raise CkptselError(f"label {both[0]!r} is in both --higher-is-better and --lower-is-better; choose one")
+    return {**{n: True for n in higher}, **{n: False for n in lower}}
 
 
 def cmd_add(args) -> int:
@@ -122,10 +140,31 @@ def cmd_features_show(args) -> int:
     ws = _workspace(args)
     with Store(ws.db_path, create=False) as store:
         ckpt = store.get_checkpoint(args.checkpoint)
-        values = store.feature_frame([ckpt.id]).as_dict(0)
-    _emit(args, values, "\n".join([f"{ckpt.id} (fingerprint {ckpt.fingerprint})"]
-                                   + [f"  {k:<40} {v}" for k, v in values.items()]))
+        values = store.feature_values(ckpt.fingerprint)
+        if args.spec:
+            wanted = set(store.spec_ids(args.spec))
+            if not wanted:
+                raise CkptselError(f"--spec {args.spec!r} matches no spec in {ws.db_path}; give a spec hash "
+                                   "(or its first characters) or a spec name as `ckptsel features show CKPT` lists them")
+            values = [v for v in values if v["spec"] in wanted]
+        specs = {v["spec"]: store.spec_info(v["spec"]) for v in values}
+    for v in values:
+        info = specs[v["spec"]]
+        v["spec_name"], v["dtype"] = info.get("name"), info.get("dtype")
+    several = sorted({v["name"] for v in values if sum(w["name"] == v["name"] for w in values) > 1})
+    lines = [f"{ckpt.id} (fingerprint {ckpt.fingerprint})", f"  {'feature':<44} {'value':>14}  spec"]
+    lines += [f"  {v['name']:<44} {_value_text(v['value']):>14}  {v['spec']} "
+              f"({', '.join(str(x) for x in (v['spec_name'], v['dtype']) if x) or 'unknown'})" for v in values]
+    if several:
+        lines.append(f"note: {len(several)} feature(s) have values under several specs ({', '.join(several[:3])}"
+                     f"{', ...' if len(several) > 3 else ''}); choose one with --spec")
+    _emit(args, {"id": ckpt.id, "fingerprint": ckpt.fingerprint, "path": ckpt.path, "features": values},
+          "\n".join(lines))
     return 0
+
+
+def _value_text(v) -> str:
+    return "missing" if v is None else f"{v:.6g}" if isinstance(v, float) else str(v)
 
 
 def cmd_evaluate(args) -> int:
@@ -140,10 +179,14 @@ def cmd_evaluate(args) -> int:
             raise CkptselError("--table needs --id-column COL and --labels L1,L2 to import it first")
         from ckptsel.tables import import_table
 
+        directions = _directions(args)
         with Store(ws.db_path) as store:
             summary = import_table(store, args.table, id_column=args.id_column, labels=_csv_list(args.labels),
                                    run_column=args.run_column, step_column=args.step_column,
                                    ignore=_csv_list(args.ignore_columns))
+            with store.transaction():
+                for label, higher in directions.items():
+                    store.set_direction(label, higher)
         print(summary.describe(), file=sys.stderr)
     with Store(ws.db_path, create=False) as store:
         table = labelled_table(store, args.target)
@@ -158,6 +201,8 @@ def cmd_evaluate(args) -> int:
                                                               "repeats": args.repeats, "seed": args.seed})
     ws.save_evaluation(result)
     _emit(args, result, format_result(result))
+    for line in table.notes + result["warnings"]:
+        print(f"ckptsel: warning: {line}", file=sys.stderr)
     return 0
 
 
@@ -175,12 +220,15 @@ def cmd_train(args) -> int:
     if result["cv_accuracy_mean"] is not None:
         print(f"cross-validated pairwise accuracy (random:0.6, {args.cv_repeats} repeats): "
               f"{result['cv_accuracy_mean']:.3f}")
-    print(f"exported to {result['export_dir']}")
+    print(f"exported version {result['version']} to {result['export_dir']}"
+          + (f"; {result['name']}@{result['alias']} now means it" if result["alias"] else ""))
     reg = result.get("registry")
     if reg:
         print(f"registered {reg['model_uri']}" + (f" (alias {reg['alias']})" if reg["alias"] else "")
               + f", run {reg['run_id']} in {reg['tracking_uri']}")
-        print(f"serve it: ckptsel serve --name {result['name']}@{reg['alias'] or 'champion'}")
+        print(f"serve it: ckptsel serve --model {result['name']}/{result['version']}")
+    for line in result["notes"]:
+        print(f"ckptsel: note: {line}", file=sys.stderr)
     return 0
 
 
@@ -198,13 +246,17 @@ def cmd_rank(args) -> int:
     if not args.checkpoints and not args.all:
         raise CkptselError("name the candidates (ids, paths or run@step) or pass --all")
     result = rank(_workspace(args), None if args.all else args.checkpoints, model=args.model, top=args.top,
-                  method=args.method)
+                  method=args.method, strict=args.strict)
+    if result["skipped"] and not args.json:
+        print(f"ckptsel: note: {len(result['skipped'])} candidate(s) not ranked: they lack features of the model "
+              "(listed below the ranking" + (")" if not args.csv else "; run without --csv to see them)"),
+              file=sys.stderr)
     if args.json:
         _print_json(result)
     elif args.csv:
         import csv
 
-        keys = list(result["candidates"][0])
+        keys = list(dict.fromkeys(k for c in result["candidates"] for k in c))
         writer = csv.DictWriter(sys.stdout, fieldnames=keys)
         writer.writeheader()
         writer.writerows(result["candidates"])
@@ -216,7 +268,9 @@ def cmd_rank(args) -> int:
 def cmd_serve(args) -> int:
     from ckptsel.serving import serve
 
-    serve(_workspace(args), args.name, host=args.host, port=args.port, workers=args.workers)
+    if args.model and args.name and args.model != args.name:
+        raise CkptselError(f"--model {args.model!r} and --name {args.name!r} disagree; --model is enough")
+    serve(_workspace(args), args.model or args.name, host=args.host, port=args.port, workers=args.workers)
     return 0
 
 
@@ -237,7 +291,8 @@ def cmd_stability(args) -> int:
 
     ws = _workspace(args)
     with Store(ws.db_path, create=False) as store:
-        result = run_stability(store, args.run, args.feature or None, window=args.window)
+        features = [f for text in args.feature or [] for f in _csv_list(text)]
+        result = run_stability(store, args.run, features or None, window=args.window)
         if args.plot:
             names = list(result["features"])
             path, n = plot_stability(store, args.run, names, args.plot, window=args.window or DEFAULT_PLOT_WINDOW)
@@ -359,7 +414,9 @@ def cmd_report(args) -> int:
 def cmd_demo(args) -> int:
     from ckptsel.demo import run_demo
 
-    return run_demo(args.workspace or "ckptsel-demo", preset=args.preset, seeds=_seeds(args.seeds),
+    import os
+
+    return run_demo(args.workspace or os.environ.get("CKPTSEL_HOME") or "ckptsel-demo", preset=args.preset, seeds=_seeds(args.seeds),
                     tasks=_csv_list(args.tasks), repeats=args.repeats, report=not args.no_report)
 
 
@@ -381,8 +438,8 @@ def cmd_zoo_list(args) -> int:
     presets = [BUILTIN[name]() for name in BUILTIN]
     data = [{"name": p.name, "variants": len(p.variants), "checkpoints": p.n_checkpoints,
              "description": p.description} for p in presets]
-    _emit(args, data, "\n".join(f"{d['name']:<12} {d['variants']:>3} variants {d['checkpoints']:>4} checkpoints  "
-                                f"{d['description']}" for d in data))
+    _emit(args, {"presets": data}, "\n".join(f"{d['name']:<12} {d['variants']:>3} variants {d['checkpoints']:>4} "
+                                             f"checkpoints  {d['description']}" for d in data))
     return 0
 
 
@@ -406,6 +463,11 @@ def _add_table_args(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument("--run-column", help="column naming each checkpoint's pretraining run")
     p.add_argument("--step-column", help="column with each checkpoint's training step (integer; also a feature)")
     p.add_argument("--ignore-columns", help="comma-separated columns to skip (e.g. a row index)")
+    p.add_argument("--higher-is-better", metavar="L1,L2", help="labels where a higher value is the better outcome")
+    p.add_argument("--lower-is-better", metavar="L1,L2",
+                   help="labels where a lower value is the better outcome. Without either flag the direction is "
+                        "guessed from the name: lower is better when its last part ends with loss, perplexity, ppl "
+                        "or error (sft/x/eval_loss), else higher is better; a direction set here is kept in the store")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -471,13 +533,16 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
             epilog="Each file is one checkpoint (run, step).\n"
                    "  step: revision=stepN in config.model_args, else the file name ..._stepN.json\n"
-                   "  run:  --run, else the file's two parent folders, e.g.\n"
-                   "        pythia-evals/pythia-160m/zero-shot/160m_step1000.json -> pythia-160m/zero-shot\n"
+                   "  run:  --run, else the file's folder, or the one above when the folder is a setting\n"
+                   "        (zero-shot, five-shot, 5shot, ...): pythia-160m/zero-shot/160m_step1000.json and\n"
+                   "        pythia-160m/five-shot/160m-5shot_step1000.json -> one checkpoint pythia-160m@1000\n"
+                   "Features: lmeval/<task>/<metric> zero-shot, lmeval/<task>@<k>shot/<metric> k-shot.\n"
                    "A checkpoint with that run and step keeps its id and fingerprint; otherwise <run>@<step>\n"
                    "is created. The ',none' filter suffix is dropped (acc,none -> acc), other filters kept;\n"
                    "*_stderr metrics are not stored. All files are validated, then written in one transaction.")
     p.add_argument("paths", nargs="+", metavar="PATH", help="result files, or directories searched for *.json")
-    p.add_argument("--run", help="run name for every file (default: the two parent folders of each file)")
+    p.add_argument("--run", help="run name for every file (default: each file's folder, above a zero-shot/five-shot "
+                                 "folder)")
     p.add_argument("--json", action="store_true", help="print the import summary as JSON")
 
     p = add("indicators", cmd_indicators,
@@ -544,8 +609,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "IS = mean over adjacent pairs of the fraction of examples whose prediction changes "
                    "(null without stored per-example predictions). Checkpoints without a value are skipped.")
     p.add_argument("--run", required=True, help="the run whose checkpoints to order by step")
-    p.add_argument("--feature", action="append", metavar="NAME",
-                   help="a numeric feature (repeatable; default: all but stability/* and step)")
+    p.add_argument("--feature", action="append", metavar="F1,F2,...",
+                   help="comma-separated numeric features (default: all but stability/* and step)")
     p.add_argument("--window", type=int, metavar="K",
                    help="also store MTV/IS over the last K checkpoints up to each one as features "
                         "stability/<feature>/mtv@K and .../is@K (K>=2; shorter windows at the start)")
@@ -557,10 +622,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("features", None, "show stored features")
     fsub = p.add_subparsers(dest="features_command", metavar="ACTION", required=True)
-    q = fsub.add_parser("show", help="a checkpoint's stored features (newest spec) as a flat object")
+    q = fsub.add_parser("show", help="a checkpoint's stored features, each with the spec that computed it",
+                        description="Every stored value of a checkpoint, one per (feature, spec): the spec hash "
+                                    "(the indicator spec, dtype, table or task that made it) is shown beside each "
+                                    "value. A model reads exactly the specs it was trained on; values of other "
+                                    "specs are never mixed in.")
     q.add_argument("checkpoint", help="checkpoint id, path or run@step")
+    q.add_argument("--spec", metavar="HASH|NAME", help="only values of this spec (a hash prefix or a spec name)")
     q.add_argument("--workspace", default=argparse.SUPPRESS, help="workspace directory")
-    q.add_argument("--json", action="store_true")
+    q.add_argument("--json", action="store_true",
+                   help='print {"id", "fingerprint", "path", "features": [{"name", "value", "spec", "spec_name", '
+                        '"dtype", ...}]}')
     q.set_defaults(func=cmd_features_show)
 
     p = add("list", cmd_list, "list the checkpoints and labelled targets in the store")
@@ -597,10 +669,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("rank", cmd_rank, "rank candidate checkpoints by expected wins over all pairs")
     p.add_argument("checkpoints", nargs="*", help="ids, paths or run@step (or --all)")
     p.add_argument("--all", action="store_true", help="rank every checkpoint in the store")
-    p.add_argument("--model", help="exported predictor name (default: the only one)")
+    p.add_argument("--model", metavar="NAME[@ALIAS|/VERSION]",
+                   help="the predictor: NAME (its champion alias, else its newest version), NAME@ALIAS or "
+                        "NAME/VERSION (default: the only one)")
     p.add_argument("--top", type=int, help="print only the best K")
     p.add_argument("--method", choices=["borda", "bradley-terry"], default="borda",
                    help="borda: expected wins (default); bradley-terry: strengths fitted to the pair probabilities")
+    p.add_argument("--strict", action="store_true",
+                   help="refuse the whole ranking when a candidate lacks a feature of the model (default: rank the "
+                        "others and list it with the command that computes what it lacks)")
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true")
     out.add_argument("--csv", action="store_true")
@@ -611,7 +688,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "for health. Bad requests get 4xx with a message: 400 (schema, types, infinities, bad or too "
                    "deeply nested JSON), 413 (body over 64 MiB), 415 (no or unsupported Content-Type). The model "
                    "is loaded from the registry of $MLFLOW_TRACKING_URI (a team server) or the workspace's mlflow.db.")
-    p.add_argument("--name", help="NAME@ALIAS, NAME/VERSION or NAME (alias champion); default: the only model")
+    p.add_argument("--model", metavar="NAME[@ALIAS|/VERSION]",
+                   help="the predictor, as for predict-pair and rank: NAME (its champion alias, else its newest "
+                        "version), NAME@ALIAS or NAME/VERSION; default: the only model")
+    p.add_argument("--name", help=argparse.SUPPRESS)  # the older spelling of --model
     p.add_argument("--host", default="127.0.0.1",
                    help="bind address (default 127.0.0.1: this machine only; 0.0.0.0 exposes it to the network)")
     p.add_argument("--port", type=int, default=5000)
@@ -624,7 +704,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "of the model's MLflow training run. Open it with a browser: "
                    "xdg-open <workspace>/report/index.html")
     p.add_argument("--out", metavar="DIR", help="output folder (default: <workspace>/report)")
-    p.add_argument("--model", help="exported predictor name (default: the newest, for --target when given)")
+    p.add_argument("--model", metavar="NAME[@ALIAS|/VERSION]",
+                   help="the predictor, as for predict-pair (default: the newest trained, for --target when given)")
     p.add_argument("--target", help="report only this target (default: every evaluated target)")
     p.add_argument("--no-mlflow", action="store_true", help="do not attach the folder to the MLflow run")
     p.add_argument("--json", action="store_true", help='print {"html", "images", "mlflow_run_id", "notes"}')
@@ -644,7 +725,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_predict_pair_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("a", metavar="CKPT_A", help="checkpoint id, path or run@step")
     p.add_argument("b", metavar="CKPT_B", help="checkpoint id, path or run@step")
-    p.add_argument("--model", help="exported predictor name (default: the only one)")
+    p.add_argument("--model", metavar="NAME[@ALIAS|/VERSION]",
+                   help="the predictor: NAME (its champion alias, else its newest version), NAME@ALIAS or "
+                        "NAME/VERSION (default: the only one)")
     p.add_argument("--json", action="store_true", help='print {"a", "b", "prob_a_better", "decision", "reasons"}')
 
 
@@ -658,8 +741,7 @@ def _run(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
     try:
         return args.func(args)
     except CkptselError as e:
-        print(f"{parser.prog}: error: {e}", file=sys.stderr)
-        return 2
+        return _error(parser, args, str(e))
     except KeyboardInterrupt:
         print(f"{parser.prog}: interrupted", file=sys.stderr)
         return 130
@@ -677,8 +759,15 @@ def _run(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
         err = storage_error(e, Path(args.workspace or os.environ.get("CKPTSEL_HOME") or ".").expanduser().resolve())
         if err is None:
             raise
-        print(f"{parser.prog}: error: {err}", file=sys.stderr)
-        return 2
+        return _error(parser, args, str(err))
+
+
+def _error(parser: argparse.ArgumentParser, args, message: str, code: int = 2) -> int:
+    """One line on stderr; with --json also ``{"error": ...}`` on stdout, for scripts. Exit ``code``."""
+    if getattr(args, "json", False):
+        _print_json({"error": message})
+    print(f"{parser.prog}: error: {message}", file=sys.stderr)
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:

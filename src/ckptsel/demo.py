@@ -174,7 +174,7 @@ def run_demo(workspace: str | Path = "ckptsel-demo", *, preset: str = "micro", s
     print(format_summary(per_target))
     print(f"MLflow: {ws.tracking_uri} (training run {reg['run_id']})")
     print(f"  browse: mlflow ui --backend-store-uri {ws.tracking_uri}")
-    print(f"  serve:  ckptsel serve --name {model}@champion --port 5000 --workspace {ws.root}")
+    print(f"  serve:  ckptsel serve --model {model}@champion --port 5000 --workspace {ws.root}")
     if html:
         print(f"  report: {html}")
     print(f"done in {time.perf_counter() - started:.0f}s")

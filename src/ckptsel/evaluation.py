@@ -78,8 +78,11 @@ def drop_empty_features(frame: FeatureFrame) -> FeatureFrame:
     keep_num = [j for j in range(len(frame.numeric_names)) if not np.all(np.isnan(frame.numeric[:, j]))]
     keep_cat = [j for j in range(len(frame.categorical_names))
                 if any(v is not None for v in frame.categorical[:, j])]
+    names = [frame.numeric_names[j] for j in keep_num] + [frame.categorical_names[j] for j in keep_cat]
     return FeatureFrame(list(frame.ids), [frame.numeric_names[j] for j in keep_num], frame.numeric[:, keep_num],
-                        [frame.categorical_names[j] for j in keep_cat], frame.categorical[:, keep_cat])
+                        [frame.categorical_names[j] for j in keep_cat], frame.categorical[:, keep_cat],
+                        {n: frame.specs[n] for n in names if n in frame.specs},
+                        {n: frame.spec_choices[n] for n in names if n in frame.spec_choices})
 
 
 def splits(n: int, split: Split, repeats: int, seed: int,
@@ -135,7 +138,7 @@ def evaluate(frame: FeatureFrame, y: Sequence[float], *, target: str, split: Spl
     make_predictor = make_predictor or (lambda s: PairwisePredictor(seed=s))
     folds = splits(len(y), split, repeats, seed, groups)
 
-    pred_acc, pair_counts, gaps, pred_right = [], [], [], []
+    pred_acc, pair_counts, gaps, pred_right, no_preference, train_sizes = [], [], [], [], 0, []
     base_acc: dict[str, list[float]] = {f: [] for f in frame.numeric_names}
     fixed = {f: int(np.sign(v)) for f, v in (fixed_rules or {}).items() if f in frame.numeric_names and v}
     fixed_acc: dict[str, list[float]] = {f: [] for f in fixed}
@@ -152,7 +155,10 @@ def evaluate(frame: FeatureFrame, y: Sequence[float], *, target: str, split: Spl
             continue
         truth = y[ia] > y[ib]
         model = make_predictor(seed + r).fit(frame.take(train), y[train])
-        right = correctness(model.predict_proba(frame.take(ia), frame.take(ib)), truth)
+        prob = model.predict_proba(frame.take(ia), frame.take(ib))
+        right = correctness(prob, truth)
+        no_preference += int((prob == 0.5).sum())
+        train_sizes.append(len(train))
         pred_acc.append(right.mean())
         pair_counts.append(len(ia))
         gaps.append(np.abs(y[ia] - y[ib]))
@@ -176,6 +182,17 @@ def evaluate(frame: FeatureFrame, y: Sequence[float], *, target: str, split: Spl
                "accuracy": float(right_all[bucket == q].mean()) if (bucket == q).any() else None}
               for q in range(4)]
     counts = sorted(set(pair_counts))
+    warnings = []
+    if split.kind == "group" and split.group_fraction is None and len(folds) != repeats:
+        warnings.append(f"--split {split} leaves each of its {len(folds)} groups out once: {len(folds)} repeats, "
+                        f"not the {repeats} asked for (group:{split.column}:F draws random group splits)")
+    if len(pred_acc) < len(folds):
+        warnings.append(f"{len(folds) - len(pred_acc)} of {len(folds)} splits were skipped: no held-out pairs with "
+                        f"different {target!r} values, or one training value only")
+    if no_preference >= 0.5 * len(right_all):
+        warnings.append(f"the predictor had no preference (P = 1/2 exactly) on {no_preference / len(right_all):.0%} "
+                        f"of held-out pairs: {min(train_sizes)}-{max(train_sizes)} labelled training checkpoints "
+                        "are too few to learn from; label more checkpoints")
     return {
         "target": target,
         "split": str(split),
@@ -189,6 +206,7 @@ def evaluate(frame: FeatureFrame, y: Sequence[float], *, target: str, split: Spl
         "fixed_rules": {f"{f} ({'lower' if fixed[f] < 0 else 'higher'} is better)":
                         {"accuracy_mean": float(np.mean(v)), "accuracy_std": float(np.std(v))}
                         for f, v in fixed_acc.items()},
+        "warnings": warnings,
     }
 
 

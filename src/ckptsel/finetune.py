@@ -79,6 +79,7 @@ class SFTTask:
     hash: str = ""
     resources: Resources = Resources()  # not in the hash: where a job runs does not change its numbers
     gradient_checkpointing: bool = False  # not in the hash: same numbers, less memory
+    source: Path | None = None  # the task YAML; not in the hash (a copy elsewhere gives the same labels)
 
     @property
     def target(self) -> str:
@@ -145,7 +146,7 @@ def load_task(path: str | Path) -> SFTTask:
     if not isinstance(gc, bool):
         raise CkptselError(f"{where}: gradient_checkpointing must be true or false, not {gc!r}")
     return SFTTask(train=files["train"], eval=files["eval"], hash=digest, resources=resources_from(data, where),
-                   gradient_checkpointing=gc, **settings)
+                   gradient_checkpointing=gc, source=path, **settings)
 
 
 # -- data -------------------------------------------------------------------------------------
@@ -283,7 +284,7 @@ def train(model, tokenizer, task: SFTTask, *, seed: int, progress: bool | None =
         for _ in range(task.gradient_accumulation_steps):
             ids, mask, labels = next_batch()
             with amp:
-                loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+                loss = model(input_ids=ids, attention_mask=mask, labels=labels, use_cache=False).loss
             (loss / task.gradient_accumulation_steps).backward()
             total += loss.item() / task.gradient_accumulation_steps
         opt.step()
@@ -332,7 +333,7 @@ def completion_loss(model, tokenizer, task: SFTTask, pairs, *, batch_size: int =
     with torch.no_grad():
         for i in range(0, len(examples), batch_size):
             ids, mask, labels = (t.to(device) for t in collate(examples[i:i + batch_size], pad))
-            logits = model(input_ids=ids, attention_mask=mask).logits.float()
+            logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float()
             tgt = labels[:, 1:]
             lp = torch.log_softmax(logits[:, :-1], dim=-1)
             keep = tgt != -100
@@ -420,16 +421,19 @@ def run_finetune(store: Store, ckpts: Sequence[Checkpoint], task: SFTTask, *, wo
         values[fp][seed] = float(metrics[task.metric])
         if len(values[fp]) == len(set(seeds)):  # the last seed of these weights: their labels are complete
             for ckpt in (c for c in todo if c.fingerprint == fp):
-                _store_label(store, ckpt, task, lhash, [values[fp][s] for s in seeds], report)
+                _store_label(store, ckpt, task, lhash, seeds, [values[fp][s] for s in seeds], report)
     return report
 
 
-def _store_label(store: Store, ckpt: Checkpoint, task: SFTTask, lhash: str, values: list[float],
+def _store_label(store: Store, ckpt: Checkpoint, task: SFTTask, lhash: str, seeds: Sequence[int], values: list[float],
                  report: FinetuneReport) -> None:
     import numpy as np
 
     mean = float(np.mean(values))
     std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+    seeds_text = ",".join(str(s) for s in seeds)
     with store.transaction():
+        store.put_spec(lhash, kind="sft", name=f"{task.name} (seeds {seeds_text})", source=str(task.source or ""),
+                       command=f"ckptsel finetune {{ckpt}} --task {task.source or task.name} --seeds {seeds_text}")
         store.put_label(ckpt.fingerprint, task.target, mean, spec_hash=lhash, std=std, n=len(values))
     report.done.append({"id": ckpt.id, "value": mean, "std": std, "n": len(values), "values": values})

@@ -12,16 +12,20 @@ Each file is one checkpoint, identified by (run, step):
 
 - step: ``revision=stepN`` in ``config.model_args`` (a string or a dict), else the file name
   ``..._stepN.json``; when both are present they must agree.
-- run: ``--run`` when given, else the file's two parent folders, so that
-  ``pythia-evals/pythia-160m/zero-shot/160m_step1000.json`` belongs to run
-  ``pythia-160m/zero-shot`` (model folder / evaluation setting).
+- run: ``--run`` when given, else the file's folder, or the folder above it when the folder
+  names an evaluation setting (``zero-shot``, ``five-shot``, ``5shot``, ``5-shot``, ``fewshot``):
+  ``pythia-evals/pythia-160m/zero-shot/160m_step1000.json`` and
+  ``pythia-evals/pythia-160m/five-shot/160m-5shot_step1000.json`` both belong to run
+  ``pythia-160m``, so one model at one step is one checkpoint, whatever the shot count.
 
 A checkpoint already in the store with that run and step keeps its id and fingerprint (its
 features from ``ckptsel add`` and ``indicators`` and these ones then sit side by side).
 Otherwise a checkpoint ``<run>@<step>`` is created with fingerprint
 ``lmeval:<sha256("<run>@<step>")[:16]>`` (no weights to hash).
 
-Features are ``lmeval/<task>/<metric>`` with spec hash ``lmeval-import``. The filter suffix
+Features are ``lmeval/<task>/<metric>`` for zero-shot results and ``lmeval/<task>@<k>shot/<metric>``
+for k-shot ones (k from ``n-shot`` in 0.4 files, ``config.num_fewshot`` in 0.3 ones), with spec
+hash ``lmeval-import``. The filter suffix
 ``,none`` is dropped (``acc,none`` -> ``acc``); other filters stay in the name
 (``exact_match,strict-match``). Standard errors (``*_stderr``) are not stored: they are the
 harness's sampling uncertainty of the benchmark, not a property of the checkpoint (for
@@ -56,6 +60,8 @@ _REVISION_STEP = re.compile(r"^step(\d+)$")
 _REVISION_IN_ARGS = re.compile(r"(?:^|,)\s*revision\s*=\s*([^,]*)")
 _PRETRAINED_IN_ARGS = re.compile(r"(?:^|,)\s*pretrained\s*=\s*([^,]*)")
 _FILE_STEP = re.compile(r"(?:^|[_-])step(\d+)\.json$", re.IGNORECASE)
+_SETTING_FOLDER = re.compile(r"^((zero|one|two|three|four|five|six|seven|eight|nine|ten|\d+)[-_ ]?shots?|few[-_]?shot)$",
+                             re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -117,9 +123,24 @@ def find_result_files(paths: Iterable[str | Path]) -> list[Path]:
 
 
 def run_from_path(path: Path) -> str:
-    """The default run of a results file: its two parent folders, ``<model>/<setting>``."""
+    """The default run of a results file: its folder, or the one above when the folder names an
+    evaluation setting (``zero-shot``, ``five-shot``, ``5shot``, ...)."""
     parents = path.resolve().parent.parts
-    return "/".join(parents[-2:]) if len(parents) >= 2 else parents[-1]
+    if len(parents) >= 2 and _SETTING_FOLDER.match(parents[-1]):
+        return parents[-2]
+    return parents[-1]
+
+
+def _shots(data: dict, task: str) -> int:
+    """The few-shot count of ``task`` in a results file: ``n-shot`` (0.4), else ``config.num_fewshot`` (0.3)."""
+    n_shot = data.get("n-shot")
+    value = n_shot.get(task) if isinstance(n_shot, dict) else None
+    if value is None and isinstance(data.get("config"), dict):
+        value = data["config"].get("num_fewshot")
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError):
+        return 0
 
 
 def _model_args(path: Path, config: object) -> dict[str, str]:
@@ -183,7 +204,9 @@ def parse_result_file(path: str | Path, *, run: str | None = None) -> LmEvalResu
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 continue  # "N/A" stderr, nested objects
-            name = f"{FEATURE_PREFIX}{task}/{metric}" + (f",{filt}" if filt and filt != "none" else "")
+            shots = _shots(data, task)
+            name = (f"{FEATURE_PREFIX}{task}{f'@{shots}shot' if shots else ''}/{metric}"
+                    + (f",{filt}" if filt and filt != "none" else ""))
             features[name] = float(value) if math.isfinite(value) else None
     if not features:
         raise CkptselError(f"{path}: 'results' holds no numeric metrics; nothing to import from it")
@@ -241,6 +264,8 @@ def import_lm_eval(store: Store, paths: Sequence[str | Path], *, run: str | None
             else:
                 existing += 1
             store.put_features(ckpt.fingerprint, feats, spec_hash=IMPORT_SPEC)
+        store.put_spec(IMPORT_SPEC, kind="lm-eval", name="import-lm-eval",
+                       command="ckptsel import-lm-eval RESULTS.json (lm-evaluation-harness results of {ckpt})")
     runs: dict[str, int] = {}
     for run_, _ in sorted(merged):
         runs[run_] = runs.get(run_, 0) + 1

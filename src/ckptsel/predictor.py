@@ -17,7 +17,7 @@ state in attributes ending in ``_``, ``fit`` returns ``self``.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -38,6 +38,7 @@ class FeatureSchema:
 
     numeric: list[str]
     categorical: dict[str, list[str]]  # name -> sorted vocabulary (codes are positions)
+    specs: dict[str, str] = field(default_factory=dict)  # name -> the store's spec_id it was trained on
 
     @property
     def names(self) -> list[str]:
@@ -197,6 +198,7 @@ class PairwisePredictor:
             numeric=list(X.numeric_names),
             categorical={c: sorted({v for v in X.column(c) if v is not None})
                          for c in sorted(X.categorical_names)},
+            specs={f: X.specs[f] for f in [*X.numeric_names, *sorted(X.categorical_names)] if f in X.specs},
         )
         num, _ = self.schema_.encode(X)
         self.quantile_refs_ = [np.sort(col[~np.isnan(col)]) for col in num.T]

@@ -12,46 +12,72 @@ from typing import Sequence
 import numpy as np
 
 from ckptsel.errors import CkptselError
-from ckptsel.predictor import SCHEMA_FILE, PairwisePredictor
+from ckptsel.predictor import PairwisePredictor
 from ckptsel.store import Checkpoint, Store
 from ckptsel.workspace import Workspace
 
 
 def exported_models(ws: Workspace) -> list[str]:
-    if not ws.models_dir.is_dir():
-        return []
-    return sorted(p.parent.name for p in ws.models_dir.glob(f"*/{SCHEMA_FILE}"))
+    from ckptsel import exports
+
+    return exports.names(ws)
 
 
-def load_model(ws: Workspace, name: str | None = None) -> PairwisePredictor:
-    """The exported predictor ``name``; without a name, the only one in the workspace."""
-    if name is None:
-        names = exported_models(ws)
-        if not names:
-            raise CkptselError(f"no trained predictor in {ws.models_dir}; train one with "
-                               "`ckptsel train --target T` (see `ckptsel list --targets`)")
-        if len(names) > 1:
-            raise CkptselError(f"{len(names)} predictors in {ws.models_dir} ({', '.join(names)}); "
-                               "choose one with --model NAME")
-        name = names[0]
-    directory = ws.model_dir(name)
-    if not directory.is_dir():
-        raise CkptselError(f"no predictor named {name!r} in {ws.models_dir} (have: "
-                           f"{', '.join(exported_models(ws)) or 'none'}); train it with "
-                           f"`ckptsel train --target T --name {name}`")
-    return PairwisePredictor.load(directory)
+def load_model(ws: Workspace, ref: str | None = None) -> PairwisePredictor:
+    """The exported predictor ``ref`` means (``NAME``, ``NAME@ALIAS``, ``NAME/VERSION``; see
+    :mod:`ckptsel.exports`); without one, the only model in the workspace. ``meta_["version"]``
+    and ``meta_["alias"]`` say which version it is."""
+    from ckptsel import exports
+
+    found = exports.resolve(ws, ref)
+    predictor = PairwisePredictor.load(found.directory)
+    predictor.meta_ = {**predictor.meta_, "name": found.name, "version": found.version, "alias": found.alias}
+    return predictor
 
 
-def _check_features(store: Store, ckpts: Sequence[Checkpoint], model: PairwisePredictor) -> None:
-    for c in ckpts:
-        have = store.feature_names(c.fingerprint)
-        missing = [f for f in model.schema_.names if f not in have]
-        if missing:
-            shown = ", ".join(missing[:6]) + (f" and {len(missing) - 6} more" if len(missing) > 6 else "")
-            raise CkptselError(
-                f"checkpoint {c.id!r} lacks features the model needs: {shown}; compute them with "
-                f"`ckptsel indicators {c.path or c.id} --spec SPEC` or import them with `ckptsel import-table`"
-            )
+def missing_features(store: Store, ckpt: Checkpoint, model: PairwisePredictor) -> str | None:
+    """Why ``ckpt`` cannot be scored by ``model`` (one line naming the feature, the spec the
+    model was trained on and the command that computes it), or None when it can."""
+    specs = model.schema_.specs
+    have = {(v["name"], v["spec"]) for v in store.feature_values(ckpt.fingerprint)}
+    names_here = {n for n, _ in have}
+    if not specs:  # a model exported before ckptsel recorded specs: by name only
+        missing = [f for f in model.schema_.names if f not in names_here]
+        spec = None
+    else:
+        missing = [f for f in model.schema_.names if (f, specs.get(f)) not in have]
+        spec = specs.get(missing[0]) if missing else None
+    if not missing:
+        return None
+    shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+    if spec is None:
+        return (f"checkpoint {ckpt.id!r} lacks features the model needs: {shown}; compute them with "
+                f"`ckptsel indicators {ckpt.path or ckpt.id} --spec SPEC` or import them with `ckptsel import-table`")
+    info = {**(model.meta_.get("spec_info") or {}).get(spec, {}), **_known(store.spec_info(spec))}
+    what = ", ".join(str(info[k]) for k in ("name", "dtype") if info.get(k)) or "spec unknown to this store"
+    command = str(info.get("command") or "ckptsel indicators {ckpt} --spec SPEC").replace("{ckpt}", ckpt.path or ckpt.id)
+    others = sorted({sid for n, sid in have if n == missing[0]})
+    other = f" (it has {missing[0]} under spec {', '.join(others)} only, which the model was not trained on)" \
+        if others else ""
+    return (f"checkpoint {ckpt.id!r} lacks {shown} under the spec the model was trained on, "
+            f"{spec} ({what}){other}; compute it with `{command}`")
+
+
+def _known(info: dict) -> dict:
+    return {} if info.get("kind") == "unknown" else info
+
+
+def _read_frame(store: Store, ckpts: Sequence[Checkpoint], model: PairwisePredictor):
+    """The model's features of ``ckpts``, each from the spec the model was trained on."""
+    specs = model.schema_.specs
+    frame = store.feature_frame([c.id for c in ckpts], specs=specs or None)
+    if not specs and frame.spec_choices:  # an old export: say so instead of reading a mix
+        name = sorted(frame.spec_choices)[0]
+        raise CkptselError(f"model {model.meta_.get('name')!r} was exported before ckptsel recorded the spec of "
+                           f"each feature, and {name} has values under {len(frame.spec_choices[name])} specs here; "
+                           f"retrain it with `ckptsel train --target {model.meta_.get('target')} "
+                           f"--name {model.meta_.get('name')}`")
+    return frame
 
 
 def predict_pair(ws: Workspace, ref_a: str, ref_b: str, *, model: str | None = None, n_reasons: int = 3) -> dict:
@@ -59,12 +85,14 @@ def predict_pair(ws: Workspace, ref_a: str, ref_b: str, *, model: str | None = N
     predictor = load_model(ws, model)
     with Store(ws.db_path, create=False) as store:
         a, b = store.get_checkpoint(ref_a), store.get_checkpoint(ref_b)
-        _check_features(store, [a, b], predictor)
-        fa, fb = store.feature_frame([a.id]), store.feature_frame([b.id])
+        for c in (a, b):
+            if (why := missing_features(store, c, predictor)) is not None:
+                raise CkptselError(why)
+        fa, fb = _read_frame(store, [a], predictor), _read_frame(store, [b], predictor)
     prob = float(predictor.predict_proba(fa, fb)[0])
     decision = a.id if prob > 0.5 else b.id if prob < 0.5 else "tie"
-    return {"a": a.id, "b": b.id, "model": predictor.meta_.get("name"), "target": predictor.meta_.get("target"),
-            "prob_a_better": prob, "decision": decision,
+    return {"a": a.id, "b": b.id, "model": predictor.meta_.get("name"), "version": predictor.meta_.get("version"),
+            "target": predictor.meta_.get("target"), "prob_a_better": prob, "decision": decision,
             "reasons": predictor.explain(fa, fb)[:n_reasons]}
 
 
@@ -106,17 +134,29 @@ def bradley_terry(prob: np.ndarray, iters: int = 1000, tol: float = 1e-10) -> np
 
 
 def rank(ws: Workspace, refs: Sequence[str] | None = None, *, model: str | None = None,
-         top: int | None = None, method: str = "borda") -> dict:
-    """Score every pair of candidates in one batch and rank them, best first."""
+         top: int | None = None, method: str = "borda", strict: bool = False) -> dict:
+    """Score every pair of candidates in one batch and rank them, best first.
+
+    Candidates that lack a feature of the model (under the spec it was trained on) are left
+    out and listed under ``skipped`` with the command that computes what they lack;
+    ``strict`` refuses the whole ranking instead."""
     predictor = load_model(ws, model)
     with Store(ws.db_path, create=False) as store:
         ckpts = [store.get_checkpoint(r) for r in refs] if refs else store.checkpoints()
         ckpts = list({c.id: c for c in ckpts}.values())
-        if len(ckpts) < 2:
-            raise CkptselError(f"ranking needs at least two checkpoints; got {len(ckpts)}")
-        _check_features(store, ckpts, predictor)
-        frame = store.feature_frame([c.id for c in ckpts])
-    return rank_frame(predictor, frame, ckpts, top=top, method=method)
+        why = {c.id: w for c in ckpts if (w := missing_features(store, c, predictor)) is not None}
+        if why and strict:
+            raise CkptselError(next(iter(why.values())) + (f" ({len(why) - 1} more candidates lack features; "
+                                                           "leave out --strict to rank the others)" if len(why) > 1 else ""))
+        ranked = [c for c in ckpts if c.id not in why]
+        if len(ranked) < 2:
+            reason = f"; {next(iter(why.values()))}" if why else ""
+            raise CkptselError(f"ranking needs at least two checkpoints with the model's features; got {len(ranked)} "
+                               f"of {len(ckpts)}{reason}")
+        frame = _read_frame(store, ranked, predictor)
+    result = rank_frame(predictor, frame, ranked, top=top, method=method)
+    result["skipped"] = [{"id": cid, "reason": w} for cid, w in why.items()]
+    return result
 
 
 def rank_frame(predictor: PairwisePredictor, frame, ckpts: Sequence[Checkpoint] | None = None, *,
@@ -137,13 +177,19 @@ def rank_frame(predictor: PairwisePredictor, frame, ckpts: Sequence[Checkpoint] 
         if cid in meta:
             row["run"], row["step"] = meta[cid].run, meta[cid].step
         candidates.append(row)
-    return {"model": predictor.meta_.get("name"), "target": predictor.meta_.get("target"), "method": method,
+    return {"model": predictor.meta_.get("name"), "version": predictor.meta_.get("version"),
+            "target": predictor.meta_.get("target"), "method": method,
             "n_candidates": len(frame), "candidates": candidates}
 
 
 def format_rank(result: dict) -> str:
-    lines = [f"model {result['model']} (target {result['target']}), {result['n_candidates']} candidates, "
+    version = f" version {result['version']}" if result.get("version") else ""
+    lines = [f"model {result['model']}{version} (target {result['target']}), {result['n_candidates']} candidates, "
              f"{result['method']}", f"{'rank':>4}  {'expected wins':>13}  {'win rate':>8}  id"]
     for c in result["candidates"]:
         lines.append(f"{c['rank']:>4}  {c['expected_wins']:>13.2f}  {c['win_rate']:>8.3f}  {c['id']}")
+    skipped = result.get("skipped") or []
+    if skipped:
+        lines.append(f"not ranked ({len(skipped)}): lacking features of the model")
+        lines += [f"  {s['reason']}" for s in skipped]
     return "\n".join(lines)

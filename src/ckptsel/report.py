@@ -88,29 +88,31 @@ def fmt_acc(entry: dict) -> str:
 
 # -- what the workspace holds ---------------------------------------------------------------------
 def _models(ws: Workspace) -> list[dict]:
-    """Exported predictors, newest first: {"name", "target", "trained_at", "dir"}."""
-    from ckptsel.predictor import SCHEMA_FILE
+    """Exported predictors (the version each name means), newest first: {"name", "version", "target",
+    "trained_at", "dir"}."""
+    from ckptsel import exports
 
     out = []
-    for schema in ws.models_dir.glob(f"*/{SCHEMA_FILE}") if ws.models_dir.is_dir() else []:
+    for name in exports.names(ws):
+        found = exports.resolve(ws, name)
         try:
-            meta = json.loads(schema.read_text())
+            meta = json.loads((found.directory / exports.SCHEMA_FILE).read_text())
         except (OSError, json.JSONDecodeError):
             continue
-        out.append({"name": schema.parent.name, "target": meta.get("target"),
-                    "trained_at": meta.get("trained_at") or schema.stat().st_mtime, "dir": schema.parent})
+        out.append({"name": name, "version": found.version, "target": meta.get("target"),
+                    "trained_at": meta.get("trained_at") or found.directory.stat().st_mtime, "dir": found.directory})
     return sorted(out, key=lambda m: -m["trained_at"])
 
 
 def _pick_model(ws: Workspace, name: str | None, target: str | None) -> dict | None:
-    models = _models(ws)
+    from ckptsel import exports
+
     if name is not None:
-        found = [m for m in models if m["name"] == name]
-        if not found:
-            raise CkptselError(f"no predictor named {name!r} in {ws.models_dir} (have: "
-                               f"{', '.join(m['name'] for m in models) or 'none'}); train it with "
-                               f"`ckptsel train --target T --name {name}` or leave out --model")
-        return found[0]
+        found = exports.resolve(ws, name)
+        meta = json.loads((found.directory / exports.SCHEMA_FILE).read_text())
+        return {"name": found.name, "version": found.version, "target": meta.get("target"),
+                "trained_at": meta.get("trained_at"), "dir": found.directory}
+    models = _models(ws)
     if target is not None:
         models = [m for m in models if m["target"] == target]
     return models[0] if models else None

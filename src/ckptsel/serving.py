@@ -33,26 +33,36 @@ from ckptsel.workspace import Workspace, check_model_name
 
 
 def model_uri(ws: Workspace, name: str | None) -> str:
-    """``NAME@ALIAS``, ``NAME/VERSION`` or ``NAME`` (alias champion) as a ``models:/`` URI."""
-    if not name:
-        from ckptsel.ranking import exported_models
+    """The ``models:/NAME/VERSION`` URI of what ``NAME``, ``NAME@ALIAS`` or ``NAME/VERSION`` means
+    (:func:`ckptsel.exports.resolve`, the resolver of ``predict-pair`` and ``rank``). A model with
+    no export in this workspace (trained elsewhere against a shared tracking server) is asked of
+    MLflow's registry directly: ``NAME`` as ``NAME@champion``."""
+    from ckptsel import exports
 
-        names = exported_models(ws)
-        if len(names) != 1:
-            raise CkptselError(f"{'no' if not names else len(names)} predictors in {ws.models_dir}; "
-                               "say which to serve with --name NAME@ALIAS")
-        name = names[0]
-    base, sep, tail = name.partition("@")
-    if not sep:
-        base, sep, tail = name.partition("/")
-        if sep and not tail.isdigit():
-            raise CkptselError(f"--name {name!r}: use NAME@ALIAS or NAME/VERSION")
-        check_model_name(base)
-        return f"models:/{base}/{tail}" if sep else f"models:/{base}@champion"
-    check_model_name(base)
-    if not tail.replace("-", "").replace("_", "").isalnum():
-        raise CkptselError(f"--name {name!r}: alias {tail!r} must be letters, digits, '-' or '_'")
-    return f"models:/{base}@{tail}"
+    if not name or exports.versions(ws, exports.parse_ref(name)[0]):
+        found = exports.resolve(ws, name)
+        if found.registry is None:
+            raise CkptselError(f"model {found} is exported but not registered in MLflow (trained without "
+                               f"registration); retrain it with `ckptsel train --target T --name {found.name}`")
+        return f"models:/{found.name}/{found.registry['version']}"
+    base, alias, version = exports.parse_ref(name)
+    return f"models:/{base}/{version}" if version else f"models:/{base}@{alias or exports.DEFAULT_ALIAS}"
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Refuse, in one line, a port another process listens on (uvicorn would print a traceback)."""
+    import errno
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise CkptselError(f"port {port} on {host} is in use by another process; pass --port N "
+                                   f"(e.g. --port {port + 1}) or stop the other server") from None
+            raise CkptselError(f"cannot listen on {host}:{port} ({e.strerror}); pass another --host or --port") from None
 
 
 MAX_BODY_BYTES = 64 * 2**20
@@ -72,6 +82,7 @@ def serve_command(ws: Workspace, name: str | None, host: str = "127.0.0.1", port
 def serve(ws: Workspace, name: str | None, host: str = "127.0.0.1", port: int = 5000, workers: int = 1) -> None:
     """Replace this process with the scoring server (signals reach it directly)."""
     argv, env = serve_command(ws, name, host, port, workers)
+    check_port_free(host, port)
     print(f"serving {argv[3]} on http://{host}:{port}/invocations (tracking {env['MLFLOW_TRACKING_URI']})",
           file=sys.stderr, flush=True)
     os.execve(argv[0], argv, env)

@@ -125,13 +125,20 @@ def run_checkpoints(store: Store, run: str) -> list[Checkpoint]:
     return sorted(ckpts, key=lambda c: (c.step, c.id))
 
 
+# Stores written before predictions were kept per metric hold one array per k-shot task,
+# ``kshot/<task>``: the argmax-LL picks (acc) or the correct flags (exact_match).
+LEGACY_PREDICTION_METRICS = ("acc", "exact_match")
+
+
 def predictions_task(feature: str, tasks: Sequence[str]) -> str | None:
-    """The stored predictions behind a feature: the feature's own name, else its prefix
-    (``kshot/<task>/acc`` -> ``kshot/<task>``); None when neither has predictions."""
-    for candidate in (feature, feature.rpartition("/")[0]):
-        if candidate and candidate in tasks:
-            return candidate
-    return None
+    """The stored predictions behind a feature: those under the feature's own name
+    (``kshot/<task>/acc_norm``), else, for an ``acc`` or ``exact_match`` feature, the task's
+    legacy array (``kshot/<task>``, see :data:`LEGACY_PREDICTION_METRICS`); None otherwise, so
+    no metric's instability is read from another metric's picks."""
+    if feature in tasks:
+        return feature
+    head, _, metric = feature.rpartition("/")
+    return head if metric in LEGACY_PREDICTION_METRICS and head in tasks else None
 
 
 def default_features(names: Sequence[str]) -> list[str]:
@@ -193,6 +200,8 @@ def run_stability(store: Store, run: str, features: Sequence[str] | None = None,
         out["features"][name] = entry
     if window is not None and write:
         with store.transaction():
+            store.put_spec(window_spec(window), kind="stability", name=f"stability window {window}",
+                           command=f"ckptsel stability --run {run} --window {window}")
             for fp, feats in to_write.items():
                 if feats:
                     store.put_features(fp, feats, spec_hash=window_spec(window))

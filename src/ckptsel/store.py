@@ -6,11 +6,21 @@ Tables (schema version in ``meta``):
 - ``features``: (fingerprint, name, spec_hash) -> numeric ``value`` or categorical ``category``.
 - ``labels``: (fingerprint, target, spec_hash) -> ``value`` (mean over seeds), ``std``, ``n``.
 - ``predictions``: (fingerprint, task, spec_hash) -> per-example predictions (a 1-D array).
+- ``specs``: spec_hash -> ``spec_id``, kind and what made it (name, source file, dtype, the
+  command that computes it), written by every stage that writes values.
+- ``targets``: target -> whether higher is better, when a user said so.
 
 Features and labels are keyed by the checkpoint's fingerprint (a content hash), so a
 checkpoint whose weights changed never inherits its old numbers, and by the hash of the
-spec that produced them, so a changed spec never overwrites old numbers in place. When a
-name exists under several spec hashes, the newest row is the one read.
+spec that produced them, so a changed spec never overwrites old numbers in place.
+
+**Reading never mixes specs.** Every value belongs to a ``spec_id``: its spec hash, except
+for values whose hash also covers something of the one checkpoint (a window feature's hash
+covers its member checkpoints), whose ``spec_id`` is the hash without it. A reader either
+names the ``spec_id`` of every feature it wants (a trained model does: it reads exactly
+what it was trained on), or lets :meth:`Store.feature_frame` choose one per feature name for
+the checkpoints at hand: the spec with values for the most of them, the newest on a tie.
+Values of any other spec are not read; the choice and the alternatives are on the frame.
 
 The database runs in WAL mode and every write is one transaction: a crash mid-write
 leaves the previous state intact.
@@ -39,7 +49,7 @@ import numpy as np
 
 from ckptsel.errors import CkptselError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Migration i brings a database from version i to version i + 1.
 MIGRATIONS: list[str] = [
@@ -89,6 +99,21 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (fingerprint, task, spec_hash)
     );
     """,
+    # v3: what each spec hash means, so that readers select by spec and errors name the command;
+    # the direction of targets a user set explicitly.
+    """
+    CREATE TABLE specs (
+        spec_hash   TEXT PRIMARY KEY,
+        spec_id     TEXT NOT NULL,
+        kind        TEXT NOT NULL,
+        info        TEXT NOT NULL DEFAULT '{}',
+        created_at  REAL NOT NULL
+    );
+    CREATE TABLE targets (
+        target           TEXT PRIMARY KEY,
+        higher_is_better INTEGER NOT NULL
+    );
+    """,
 ]
 
 
@@ -121,6 +146,9 @@ class FeatureFrame:
     numeric: np.ndarray
     categorical_names: list[str]
     categorical: np.ndarray
+    specs: dict[str, str] = field(default_factory=dict)  # feature -> the spec_id its values come from
+    # features whose checkpoints had values under several specs: {feature: {spec_id: n checkpoints}}
+    spec_choices: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -133,6 +161,8 @@ class FeatureFrame:
             self.numeric[rows],
             list(self.categorical_names),
             self.categorical[rows],
+            dict(self.specs),
+            {k: dict(v) for k, v in self.spec_choices.items()},
         )
 
     def column(self, name: str) -> np.ndarray:
@@ -288,45 +318,149 @@ class Store:
              std, n, spec_hash, time.time()),
         )
 
-    def _latest(self, table: str, key: str, fingerprints: Sequence[str] | None) -> list[tuple]:
-        cols = "f.fingerprint, f.name, f.kind, f.value, f.category" if table == "features" \
-            else "f.fingerprint, f.target, f.value, f.std, f.n"
-        sql = (f"SELECT {cols} FROM {table} f JOIN "
-               f"(SELECT MAX(rowid) AS r FROM {table} GROUP BY fingerprint, {key}) m ON f.rowid = m.r")
-        rows = self.conn.execute(sql).fetchall()
-        if fingerprints is not None:
-            wanted = set(fingerprints)
-            rows = [r for r in rows if r[0] in wanted]
-        return rows
+    # -- specs ----------------------------------------------------------------------------
+    def put_spec(self, spec_hash: str, *, kind: str, spec_id: str | None = None, **info) -> None:
+        """Record what ``spec_hash`` means: its ``spec_id`` (default: itself), its kind
+        (indicator, sft, import-table, lm-eval, zoo, stability) and ``info`` such as ``name``,
+        ``source``, ``dtype`` and ``command`` (what computes it; ``{ckpt}`` stands for the checkpoint)."""
+        self.conn.execute(
+            "INSERT INTO specs(spec_hash, spec_id, kind, info, created_at) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT(spec_hash) DO UPDATE SET spec_id=excluded.spec_id, kind=excluded.kind, info=excluded.info",
+            (spec_hash, spec_id or spec_hash, kind, json.dumps(info, sort_keys=True, default=str), time.time()))
 
-    def feature_frame(self, ids: Sequence[str] | None = None) -> FeatureFrame:
-        """The newest value of every feature for the given checkpoints (all when None)."""
+    def spec_info(self, spec_id: str) -> dict:
+        """``{"spec_id", "kind", "name", "source", "dtype", "command", ...}`` of a spec (the newest
+        hash registered under it); ``{"spec_id", "kind": "unknown"}`` for values written before
+        ckptsel recorded specs."""
+        row = self.conn.execute("SELECT kind, info FROM specs WHERE spec_id=? OR spec_hash=? "
+                                "ORDER BY rowid DESC LIMIT 1", (spec_id, spec_id)).fetchone()
+        if row is None:
+            return {"spec_id": spec_id, "kind": "unknown"}
+        return {"spec_id": spec_id, "kind": row[0], **json.loads(row[1])}
+
+    def spec_ids(self, prefix: str) -> list[str]:
+        """Spec ids that start with ``prefix`` or whose name equals it (for ``--spec``)."""
+        rows = self.conn.execute("SELECT DISTINCT spec_id, info FROM specs").fetchall()
+        found = {sid for sid, info in rows if sid.startswith(prefix) or json.loads(info).get("name") == prefix}
+        for table in ("features", "labels"):  # values written before specs were recorded
+            found |= {r[0] for r in self.conn.execute(
+                f"SELECT DISTINCT spec_hash FROM {table} WHERE spec_hash LIKE ? || '%' AND spec_hash NOT IN "
+                "(SELECT spec_hash FROM specs)", (prefix,))}
+        return sorted(found)
+
+    def _rows(self, table: str, fingerprints: Sequence[str] | None) -> list[tuple]:
+        """The newest row per (fingerprint, name, spec_id): ``(fingerprint, name, spec_id, rowid, *values)``,
+        values ``kind, value, category`` for features and ``value, std, n`` for labels."""
+        key, cols = ("name", "f.kind, f.value, f.category") if table == "features" else ("target", "f.value, f.std, f.n")
+        sql = (f"SELECT f.fingerprint, f.{key}, COALESCE(s.spec_id, f.spec_hash), f.rowid, {cols} "
+               f"FROM {table} f LEFT JOIN specs s ON s.spec_hash = f.spec_hash")
+        if fingerprints is not None and len(set(fingerprints)) <= 500:
+            wanted = sorted(set(fingerprints))
+            rows = self.conn.execute(sql + f" WHERE f.fingerprint IN ({','.join('?' * len(wanted))})",
+                                     wanted).fetchall()
+        else:
+            rows = self.conn.execute(sql).fetchall()
+            if fingerprints is not None:
+                wanted_set = set(fingerprints)
+                rows = [r for r in rows if r[0] in wanted_set]
+        newest: dict[tuple, tuple] = {}
+        for r in rows:
+            k = r[:3]
+            if k not in newest or r[3] > newest[k][3]:
+                newest[k] = r
+        return list(newest.values())
+
+    @staticmethod
+    def _choose_specs(rows: list[tuple], wanted: dict[str, str] | None
+                      ) -> tuple[dict[str, str], dict[str, dict[str, int]]]:
+        """Per name, the spec_id to read (``wanted``'s, else the one with the most checkpoints,
+        the newest on a tie) and, for names seen under several specs, the counts of each."""
+        counts: dict[str, dict[str, list]] = {}
+        for fp, name, sid, rowid, *_ in rows:
+            c = counts.setdefault(name, {}).setdefault(sid, [0, 0])
+            c[0] += 1
+            c[1] = max(c[1], rowid)
+        if wanted is not None:
+            chosen = {n: sid for n, sid in wanted.items() if sid in counts.get(n, {})}
+        else:
+            chosen = {n: max(by_spec, key=lambda sid: tuple(by_spec[sid])) for n, by_spec in counts.items()}
+        choices = {n: {sid: c[0] for sid, c in by_spec.items()} for n, by_spec in counts.items() if len(by_spec) > 1}
+        return chosen, choices
+
+    def feature_frame(self, ids: Sequence[str] | None = None, *, specs: dict[str, str] | None = None) -> FeatureFrame:
+        """The features of the given checkpoints (all when None), one spec per feature.
+
+        ``specs`` ({feature: spec_id}) reads exactly those features from exactly those specs
+        (a feature without a value under its spec is missing); without it, every feature is read
+        from the spec with values for the most of these checkpoints (the newest on a tie).
+        The frame's ``specs`` says which spec each feature came from and ``spec_choices`` which
+        features had values under several."""
         ckpts = self.checkpoints(ids)
         fps = [c.fingerprint for c in ckpts]
-        rows = self._latest("features", "name", fps)
+        rows = self._rows("features", fps)
+        chosen, choices = self._choose_specs(rows, specs)
+        rows = [r for r in rows if chosen.get(r[1]) == r[2]]
         kinds: dict[str, str] = {}
-        for _, name, kind, _, _ in rows:
+        for _, name, _, _, kind, _, _ in rows:
             kinds.setdefault(name, kind)
         numeric_names = sorted(n for n, k in kinds.items() if k == "numeric")
         categorical_names = sorted(n for n, k in kinds.items() if k == "categorical")
-        row_of = {fp: i for i, fp in enumerate(fps)}
+        row_of: dict[str, list[int]] = {}
+        for i, fp in enumerate(fps):
+            row_of.setdefault(fp, []).append(i)
         num_col = {n: j for j, n in enumerate(numeric_names)}
         cat_col = {n: j for j, n in enumerate(categorical_names)}
         numeric = np.full((len(fps), len(numeric_names)), np.nan)
         categorical = np.full((len(fps), len(categorical_names)), None, dtype=object)
-        for fp, name, kind, value, category in rows:
+        for fp, name, _, _, kind, value, category in rows:
             if kind == "numeric" and name in num_col:
                 numeric[row_of[fp], num_col[name]] = np.nan if value is None else value
             elif kind == "categorical" and name in cat_col:
                 categorical[row_of[fp], cat_col[name]] = category
-        return FeatureFrame([c.id for c in ckpts], numeric_names, numeric, categorical_names, categorical)
+        used = {n: chosen[n] for n in kinds}
+        return FeatureFrame([c.id for c in ckpts], numeric_names, numeric, categorical_names, categorical,
+                            used, {n: c for n, c in choices.items() if n in kinds})
 
-    def labels(self, target: str, ids: Sequence[str] | None = None) -> dict[str, float]:
-        """``{checkpoint id: value}`` for checkpoints that have a non-missing label ``target``."""
+    def feature_values(self, fingerprint: str) -> list[dict]:
+        """Every stored value of one checkpoint, one per (feature, spec), sorted by name:
+        ``{"name", "value", "spec", "spec_hash", "kind"}`` (value is the number or the category)."""
+        rows = self.conn.execute(
+            "SELECT f.name, f.kind, f.value, f.category, COALESCE(s.spec_id, f.spec_hash), f.spec_hash, f.rowid "
+            "FROM features f LEFT JOIN specs s ON s.spec_hash = f.spec_hash WHERE f.fingerprint=?",
+            (fingerprint,)).fetchall()
+        newest: dict[tuple, tuple] = {}
+        for r in rows:
+            if (r[0], r[4]) not in newest or r[6] > newest[(r[0], r[4])][6]:
+                newest[(r[0], r[4])] = r
+        return [{"name": n, "value": v if k == "numeric" else c, "spec": sid, "spec_hash": h, "kind": k}
+                for n, k, v, c, sid, h, _ in sorted(newest.values(), key=lambda r: (r[0], r[6]))]
+
+    def label_set(self, target: str, ids: Sequence[str] | None = None, *, spec: str | None = None) -> "LabelSet":
+        """The values of label ``target`` under one spec (``spec``, else the one with the most
+        checkpoints, the newest on a tie), for checkpoints with a non-missing value."""
         ckpts = self.checkpoints(ids)
-        by_fp = {c.fingerprint: c.id for c in ckpts}
-        return {by_fp[fp]: v for fp, t, v, _, _ in self._latest("labels", "target", list(by_fp))
-                if t == target and v is not None}
+        by_fp: dict[str, list[str]] = {}
+        for c in ckpts:
+            by_fp.setdefault(c.fingerprint, []).append(c.id)
+        rows = [r for r in self._rows("labels", list(by_fp)) if r[1] == target and r[4] is not None]
+        chosen, choices = self._choose_specs(rows, None if spec is None else {target: spec})
+        sid = chosen.get(target)
+        values = {cid: r[4] for r in rows if r[2] == sid for cid in by_fp[r[0]]}
+        return LabelSet(target, sid, {c.id: values[c.id] for c in ckpts if c.id in values},
+                        choices.get(target, {}))
+
+    def labels(self, target: str, ids: Sequence[str] | None = None, *, spec: str | None = None) -> dict[str, float]:
+        """``{checkpoint id: value}`` of label ``target`` under one spec (see :meth:`label_set`)."""
+        return self.label_set(target, ids, spec=spec).values
+
+    def set_direction(self, target: str, higher_is_better: bool) -> None:
+        self.conn.execute("INSERT OR REPLACE INTO targets(target, higher_is_better) VALUES (?, ?)",
+                          (target, int(higher_is_better)))
+
+    def direction(self, target: str) -> bool | None:
+        """True/False when a user set whether higher ``target`` is better, else None."""
+        row = self.conn.execute("SELECT higher_is_better FROM targets WHERE target=?", (target,)).fetchone()
+        return None if row is None else bool(row[0])
 
     def put_predictions(self, fingerprint: str, task: str, predictions: np.ndarray, *, spec_hash: str) -> None:
         """Per-example predictions of one task (e.g. the chosen answer index per example),
@@ -336,15 +470,16 @@ class Store:
             "INSERT OR REPLACE INTO predictions(fingerprint, task, spec_hash, dtype, data, created_at) "
             "VALUES (?, ?, ?, ?, ?, ?)", (fingerprint, task, spec_hash, arr.dtype.str, arr.tobytes(), time.time()))
 
-    def predictions(self, task: str, fingerprints: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-        """``{fingerprint: array}`` of the newest stored predictions of ``task``."""
+    def predictions(self, task: str, fingerprints: Sequence[str] | None = None, *,
+                    spec: str | None = None) -> dict[str, np.ndarray]:
+        """``{fingerprint: array}`` of the newest stored predictions of ``task`` (under the
+        spec_id ``spec`` only, when given: the spec of the feature they explain)."""
         rows = self.conn.execute(
-            "SELECT p.fingerprint, p.dtype, p.data FROM predictions p JOIN "
-            "(SELECT MAX(rowid) AS r FROM predictions WHERE task=? GROUP BY fingerprint) m ON p.rowid = m.r",
-            (task,)).fetchall()
+            "SELECT p.fingerprint, p.dtype, p.data, COALESCE(s.spec_id, p.spec_hash) FROM predictions p "
+            "LEFT JOIN specs s ON s.spec_hash = p.spec_hash WHERE p.task=? ORDER BY p.rowid", (task,)).fetchall()
         wanted = None if fingerprints is None else set(fingerprints)
-        return {fp: np.frombuffer(data, dtype=np.dtype(dt)).copy() for fp, dt, data in rows
-                if wanted is None or fp in wanted}
+        return {fp: np.frombuffer(data, dtype=np.dtype(dt)).copy() for fp, dt, data, sid in rows
+                if (wanted is None or fp in wanted) and (spec is None or sid == spec)}
 
     def prediction_tasks(self) -> list[str]:
         return [r[0] for r in self.conn.execute("SELECT DISTINCT task FROM predictions ORDER BY task")]
@@ -377,6 +512,17 @@ class Store:
     def counts(self) -> dict[str, int]:
         return {t: self.conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
                 for t in ("checkpoints", "features", "labels")}
+
+
+@dataclass
+class LabelSet:
+    """The values of one label under one spec: ``values`` {checkpoint id: value}, ``spec`` the
+    spec_id they come from, ``spec_choices`` {spec_id: n checkpoints} when there were several."""
+
+    target: str
+    spec: str | None
+    values: dict[str, float]
+    spec_choices: dict[str, int]
 
 
 class _Transaction:

@@ -189,6 +189,8 @@ def import_table(store: Store, path: str | Path, *, id_column: str, labels: Sequ
                            "the predictor needs at least one pretraining-side feature")
 
     with store.transaction():
+        store.put_spec(IMPORT_SPEC, kind="import-table", name="import-table", source=str(path),
+                       command=f"ckptsel import-table {path} --id-column ... (a table with a row for {{ckpt}})")
         known = {c.id: c for c in store.checkpoints()}
         for i, cid in enumerate(ids):
             old = known.get(cid)

@@ -206,7 +206,7 @@ def build_tiny_run(run_dir, steps: Iterable[int] = (100, 200, 300), *, seed: int
             rows = torch.arange(cursor, cursor + batch_size) % n_windows
             cursor += batch_size
             batch = windows[rows]
-            loss = model(input_ids=batch, labels=batch).loss
+            loss = model(input_ids=batch, labels=batch, use_cache=False).loss
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

@@ -8,7 +8,9 @@ of an :class:`~ckptsel.indicators.spec.IndicatorSpec` whose features are not yet
   (:mod:`.perplexity`, lm-eval's rolling log-likelihood);
 - ``ppl_sc/<name>/{token_perplexity,bits_per_byte}`` (:mod:`.span_corruption`, PPL-SC);
 - ``kshot/<task>/{acc,acc_norm}`` or ``kshot/<task>/exact_match`` (:mod:`.kshot`), with the
-  per-example predictions stored as ``kshot/<task>``.
+  per-example predictions of each metric stored under the feature's name (``kshot/<task>/acc``
+  holds the ``acc`` picks). Stores written before that hold one ``kshot/<task>`` array (the
+  ``acc`` picks); a rerun finds the per-metric ones missing and computes the unit again.
 
 Window features: with ``average_window=K`` the same indicators are computed
 on the parameter average of each checkpoint and its K−1 predecessors in its run (by step;
@@ -89,9 +91,10 @@ def _missing(store: Store, fingerprint: str, units: Sequence[Unit], prefix: str,
     todo, cached = [], 0
     for u in units:
         h = u.spec_hash(dtype=dtype_name, window=window)
+        _register_spec(store, u, h, dtype_name, window)
         have = store.feature_names(fingerprint, h)
-        done = all(prefix + n in have for n in u.feature_names) and (
-            u.prediction_task is None or store.has_predictions(fingerprint, prefix + u.prediction_task, h))
+        done = all(prefix + n in have for n in u.feature_names) and all(
+            store.has_predictions(fingerprint, prefix + t, h) for t in u.prediction_tasks)
         if done:
             cached += 1
         else:
@@ -99,8 +102,20 @@ def _missing(store: Store, fingerprint: str, units: Sequence[Unit], prefix: str,
     return todo, cached
 
 
+def _register_spec(store: Store, unit: Unit, h: str, dtype_name: str, window: dict | None) -> None:
+    """Record what hash ``h`` means; a window's spec_id leaves out its member checkpoints, so a
+    model trained on avg@K features reads them on every checkpoint."""
+    flags = "" if window is None else f" --{'average' if window['kind'] == 'avg' else 'ensemble'}-window {window['k']}"
+    prefix = "" if window is None else f"{window['kind']}@{window['k']}/"
+    spec_id = h if window is None else unit.spec_hash(dtype=dtype_name, window={"kind": window["kind"], "k": window["k"]})
+    store.put_spec(h, kind="indicator", spec_id=spec_id, name=f"{unit.spec_name}:{prefix}{unit.kind}/{unit.name}",
+                   source=str(unit.spec_path), dtype=dtype_name,
+                   command=f"ckptsel indicators {{ckpt}} --spec {unit.spec_path} --dtype {dtype_name}{flags}")
+
+
 def _compute_unit(lm, unit: Unit, *, batch_size: int, progress: bool, label: str):
-    """``(features without prefix, predictions or None)`` of one indicator on one model."""
+    """``(features without prefix, {prediction task without prefix: array} or None)`` of one
+    indicator on one model."""
     from ckptsel.indicators.kshot import run_task
     from ckptsel.indicators.perplexity import corpus_perplexity
     from ckptsel.indicators.span_corruption import span_corruption_perplexity
@@ -120,11 +135,12 @@ def _compute_unit(lm, unit: Unit, *, batch_size: int, progress: bool, label: str
                                           desc=f"{label} ppl_sc/{unit.name}")
         return {f"ppl_sc/{unit.name}/{k}": v for k, v in vals.items()}, None
     result = run_task(lm, s, batch_size=batch_size, progress=progress)
-    return {f"kshot/{unit.name}/{k}": v for k, v in result.metrics.items()}, result.predictions
+    return ({f"kshot/{unit.name}/{k}": v for k, v in result.metrics.items()},
+            {f"kshot/{unit.name}/{k}": v for k, v in result.predictions.items()})
 
 
 def _score(job: _Job, get_lm: Callable[[str], object], load: Callable[[str], object], *, batch_size: int,
-           progress: bool) -> Iterator[tuple[dict, list | None]]:
+           progress: bool) -> Iterator[tuple[dict, dict | None]]:
     """``(features with the job's prefix, predictions or None)`` of each unit of ``job``, in order.
 
     ``get_lm`` gives a checkpoint's model (maybe from a cache); ``load`` loads a fresh one."""
@@ -152,7 +168,7 @@ def _score(job: _Job, get_lm: Callable[[str], object], load: Callable[[str], obj
         yield {job.prefix + k: v for k, v in feats.items()}, preds
 
 
-def score_job(job: _Job, load: "_Loader", batch_size: int) -> list[tuple[dict, list | None]]:
+def score_job(job: _Job, load: "_Loader", batch_size: int) -> list[tuple[dict, dict | None]]:
     """One executor job (a Ray task): every unit of ``job`` scored in this process and returned
     as ``[(features, predictions or None)]`` in unit order; the driver stores them."""
     return list(_score(job, load, load, batch_size=batch_size, progress=False))
@@ -161,8 +177,8 @@ def score_job(job: _Job, load: "_Loader", batch_size: int) -> list[tuple[dict, l
 def _store_unit(store: Store, job: _Job, unit: Unit, h: str, feats: dict, preds, report: IndicatorRun) -> None:
     """Write one unit's numbers (inside the caller's transaction)."""
     store.put_features(job.fingerprint, feats, spec_hash=h)
-    if preds is not None:
-        store.put_predictions(job.fingerprint, job.prefix + unit.prediction_task, preds, spec_hash=h)
+    for task, arr in (preds or {}).items():
+        store.put_predictions(job.fingerprint, job.prefix + task, arr, spec_hash=h)
     report.computed.setdefault(job.ckpt_id, []).extend(feats)
     report.computed_units += 1
 
@@ -294,7 +310,8 @@ def run_indicators(store: Store, checkpoints: Sequence[Checkpoint], spec: Indica
             raise CkptselError(f"checkpoint {c.id} has no directory on disk ({c.path}); indicators need the "
                                "weights: add it with `ckptsel add PATH`")
 
-    jobs = _plan(store, checkpoints, units, dtype_name, average_window, ensemble_window, report)
+    with store.transaction():  # the plan records every spec it meets: one commit, not one per unit
+        jobs = _plan(store, checkpoints, units, dtype_name, average_window, ensemble_window, report)
     loader = _Loader(torch_dtype, dev, spec.max_length, threads, allow_pickle, progress)
     if not remote:
         cache = _ModelCache(loader, (ensemble_window or 1) + 1)

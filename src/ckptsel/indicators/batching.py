@@ -4,8 +4,8 @@ All three entry points sort their work by length (longest first, so a memory err
 once), cut it into batches of at most ``batch_size`` sequences of similar length, right-pad
 only within a batch, and run under ``torch.inference_mode`` (with one CPU thread for small
 models, see ``lm.SMALL_MODEL_PARAMS``). With right padding a causal model's real positions
-never see the pads, so full-sequence passes need no attention mask; only the scored
-positions are projected onto the vocabulary.
+never see the pads, so full-sequence passes need no padding mask (``HFScoringLM`` passes all
+ones); only the scored positions are projected onto the vocabulary.
 
 - :func:`loglikelihood` scores ``(context, continuation)`` token requests exactly as
   lm-evaluation-harness's ``HFLM._loglikelihood_tokens``: the model reads

@@ -17,8 +17,10 @@ Prompts follow lm-evaluation-harness (v0.4, ``ConfigurableTask.fewshot_context``
   ``exact_match = [generation.strip() == answer.strip()]`` (lm-eval's ``exact_match`` after
   its ``remove_whitespace`` filter).
 
-Task scores are means over test rows. Per-example predictions are kept: the chosen index
-(``argmax LL``) for multiple choice, the correct flag for generation.
+Task scores are means over test rows. Per-example predictions are kept per metric, so the
+instability score of a metric reads that metric's own picks: the chosen index ``argmax LL``
+(``acc``) and ``argmax LL/len`` (``acc_norm``) for multiple choice, the correct flag
+(``exact_match``) for generation.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from ckptsel.indicators.spec import TaskSpec, read_jsonl
 @dataclass
 class TaskResult:
     metrics: dict[str, float]
-    predictions: np.ndarray  # int16, one per test row
+    predictions: dict[str, np.ndarray]  # metric -> int16 array, one value per test row
 
 
 def load_rows(task: TaskSpec) -> tuple[list[dict], list[dict] | None]:
@@ -114,12 +116,12 @@ def run_task(lm, task: TaskSpec, *, batch_size: int = 16, progress: bool = False
     gens = greedy_generate(lm, ids, until=task.until, max_new_tokens=task.max_gen_tokens,
                            batch_size=batch_size, progress=progress, desc=f"kshot/{task.name}")
     correct = np.array([g.strip() == row["answer"].strip() for g, row in zip(gens, test)], dtype=np.int16)
-    return TaskResult({"exact_match": float(correct.mean())}, correct)
+    return TaskResult({"exact_match": float(correct.mean())}, {"exact_match": correct})
 
 
 def score_multiple_choice(test: list[dict], lls: list[list[float]]) -> TaskResult:
     """acc and acc_norm from per-choice log-likelihoods (lm-eval's ``process_results``)."""
-    acc, acc_norm, picks = [], [], []
+    acc, acc_norm, picks, picks_norm = [], [], [], []
     for row, ll in zip(test, lls):
         ll = np.asarray(ll, dtype=np.float64)
         lengths = np.array([float(len(c)) for c in row["choices"]])
@@ -128,5 +130,6 @@ def score_multiple_choice(test: list[dict], lls: list[list[float]]) -> TaskResul
         acc.append(pred == row["gold"])
         acc_norm.append(pred_norm == row["gold"])
         picks.append(pred)
+        picks_norm.append(pred_norm)
     return TaskResult({"acc": float(np.mean(acc)), "acc_norm": float(np.mean(acc_norm))},
-                      np.array(picks, dtype=np.int16))
+                      {"acc": np.array(picks, dtype=np.int16), "acc_norm": np.array(picks_norm, dtype=np.int16)})

@@ -162,6 +162,16 @@ class ScoringLM:
         raise NotImplementedError
 
 
+def cache_argument(model) -> str:
+    """The forward argument (and output field) of a model's key/value cache: ``cache`` where the
+    model takes it (recent transformers 5, where ``past_key_values`` still works but warns), else
+    ``past_key_values``."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft wrapper takes **kwargs
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
 class HFScoringLM(ScoringLM):
     """A loaded ``transformers`` causal LM in eval mode."""
 
@@ -176,13 +186,18 @@ class HFScoringLM(ScoringLM):
         pad = tokenizer.pad_token_id
         self.pad_id = int(pad if pad is not None else (tokenizer.eos_token_id or 0))
         self._keep_mode: str | None = None  # "mask" once the model slices logits itself, else "manual"
+        self._cache_arg = cache_argument(model)
 
     def forward(self, input_ids, *, attention_mask=None, position_ids=None, past=None, use_cache=False,
                 keep=None) -> Forward:
+        if attention_mask is None:
+            # Pads sit right of every real token, so causal attention already hides them from the
+            # scored positions; all ones keeps the unmasked fast path and GPT-2's padding warning quiet.
+            attention_mask = torch.ones_like(input_ids)
         kwargs: dict = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                             use_cache=use_cache)
         if past is not None:
-            kwargs["past_key_values"] = past
+            kwargs[self._cache_arg] = past
         if keep is not None and self._keep_mode != "manual":
             # Project only the scored positions onto the vocabulary (transformers >= 5: a
             # boolean [B, T] logits_to_keep returns [n_true, V]).
@@ -191,7 +206,7 @@ class HFScoringLM(ScoringLM):
                 n = int(keep.sum())
                 if out.logits.ndim == 2 and out.logits.shape[0] == n:
                     self._keep_mode = "mask"
-                    return Forward(out.logits.float(), out.past_key_values if use_cache else None)
+                    return Forward(out.logits.float(), getattr(out, self._cache_arg) if use_cache else None)
             except (TypeError, IndexError, RuntimeError):
                 pass
             self._keep_mode = "manual"
@@ -199,7 +214,7 @@ class HFScoringLM(ScoringLM):
         logits = out.logits
         if keep is not None:
             logits = logits[keep]
-        return Forward(logits.float(), out.past_key_values if use_cache else None)
+        return Forward(logits.float(), getattr(out, self._cache_arg) if use_cache else None)
 
     def select(self, past, index):
         if hasattr(past, "batch_select_indices"):

@@ -85,8 +85,10 @@ class Unit:
     name: str
     settings: Any  # CorpusSpec | SpanCorruptionSpec | TaskSpec
     feature_names: tuple[str, ...]
-    prediction_task: str | None
+    prediction_tasks: tuple[str, ...]  # stored per-example predictions, one per metric (k-shot only)
     hash_input: dict = field(repr=False)
+    spec_name: str = ""  # the spec file's name and path: what the store shows and the command to rerun
+    spec_path: Path | None = None
 
     def spec_hash(self, *, dtype: str, window: dict | None = None) -> str:
         """The store's spec hash of this unit for a model dtype (and a window, if any)."""
@@ -116,24 +118,23 @@ class IndicatorSpec:
                 "ppl", c.name, c,
                 tuple(f"ppl/{c.name}/{m}" for m in
                       ("bits_per_byte", "byte_perplexity", "word_perplexity", "token_perplexity")),
-                None,
+                (),
                 {**common, "kind": "ppl", "max_documents": c.max_documents, "data": file_sha256(c.path)},
             ))
         for s in self.span_corruption:
             out.append(Unit(
                 "ppl_sc", s.name, s,
                 (f"ppl_sc/{s.name}/token_perplexity", f"ppl_sc/{s.name}/bits_per_byte"),
-                None,
+                (),
                 {**common, "kind": "ppl_sc", "noise_density": s.noise_density,
                  "mean_span_length": s.mean_span_length, "seed": s.seed, "max_documents": s.max_documents,
                  "max_words": s.max_words, "data": file_sha256(s.path)},
             ))
         for t in self.tasks:
             metrics = ("acc", "acc_norm") if t.type == "multiple_choice" else ("exact_match",)
+            names = tuple(f"kshot/{t.name}/{m}" for m in metrics)
             out.append(Unit(
-                "kshot", t.name, t,
-                tuple(f"kshot/{t.name}/{m}" for m in metrics),
-                f"kshot/{t.name}",
+                "kshot", t.name, t, names, names,
                 {**common, "kind": "kshot", "type": t.type, "num_fewshot": t.num_fewshot,
                  "fewshot_seed": t.fewshot_seed, "target_delimiter": t.target_delimiter,
                  "fewshot_delimiter": t.fewshot_delimiter,
@@ -142,6 +143,7 @@ class IndicatorSpec:
                  "limit": t.limit, "test": file_sha256(t.test),
                  "fewshot": None if t.fewshot is None else file_sha256(t.fewshot)},
             ))
+        out = [dataclasses.replace(u, spec_name=self.name, spec_path=self.path) for u in out]
         names = [n for u in out for n in u.feature_names]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:

@@ -350,7 +350,7 @@ def pretrain_variant(variant: Variant, out_dir, tokenizer_dir, *, data_root=None
         model.train()
         for step in range(1, variant.max_steps + 1):
             objective, ids, labels, mask, n_tokens = data.batch()
-            loss = model(input_ids=ids, labels=labels, attention_mask=mask).loss
+            loss = model(input_ids=ids, labels=labels, attention_mask=mask, use_cache=False).loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -483,11 +483,15 @@ def build_zoo(preset, workspace, *, progress: bool | None = None, executor=None,
             added = add_checkpoints(store, [p for cid, p in paths.items() if cid not in same], run=v.name)
             ckpts = {**same, **{c.id: c for c in added}}
             with store.transaction():
+                # One spec_id for the whole zoo, so that a model trained on zoo/* reads every variant.
+                variant_hash = spec_hash({"zoo": preset.name, "variant": v.to_dict()})
+                store.put_spec(variant_hash, kind="zoo", spec_id=spec_hash({"zoo": preset.name}),
+                               name=f"zoo {preset.name}", command=f"ckptsel zoo build --preset {preset.name}")
                 for cid, c in ckpts.items():
                     state = json.loads((paths[cid] / "trainer_state.json").read_text())
                     numeric, categorical = metadata_features(v, state["tokens_seen"], DOMAINS)
                     store.put_features(c.fingerprint, numeric, categorical,
-                                       spec_hash=spec_hash({"zoo": preset.name, "variant": v.to_dict()}))
+                                       spec_hash=variant_hash)
             ids += [cid for cid in paths if cid in ckpts]
     return ZooResult(preset.name, str(root), [v.name for v in preset.variants], [v.name for v in todo],
                      skipped, ids, round(time.perf_counter() - started, 2))
