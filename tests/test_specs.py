@@ -122,3 +122,43 @@ def test_name_alias_and_version_mean_one_model_everywhere(ws):
     assert json.loads((ws / "models/m/2/registry.json").read_text())["version"] == "2"
     bad = cli(ws, "predict-pair", "c2", "c9", "--model", "m@nosuch")
     assert bad.returncode == 2 and "no alias 'nosuch'" in bad.stderr
+
+
+def test_evaluate_says_when_repeats_shrink_and_the_predictor_learns_nothing(ws):
+    proc = cli(ws, "evaluate", "--target", LABEL, "--split", "group:run", "--repeats", "5", "--no-mlflow", "--json")
+    result = json.loads(proc.stdout)
+    assert result["repeats"] == 3  # three runs, each left out once
+    assert any("3 repeats, not the 5 asked for" in w for w in result["warnings"])
+    assert "3 repeats, not the 5 asked for" in proc.stderr
+
+
+def test_directions_set_on_import_win_over_the_name_rule(tmp_path):
+    import csv
+
+    from ckptsel.training import lower_is_better
+
+    table = tmp_path / "t.csv"
+    with table.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["model_id", "ppl", "score_loss", "rank_error"])
+        for i in range(6):
+            w.writerow([f"m{i}", 10 - i, i, i])
+    proc = run_cli("--workspace", tmp_path / "w", "import-table", table, "--id-column", "model_id",
+                   "--labels", "score_loss,rank_error", "--higher-is-better", "score_loss")
+    assert proc.returncode == 0, proc.stderr
+    with Store(tmp_path / "w" / "ckptsel.db") as store:
+        assert lower_is_better("score_loss", store) is False  # said so, though the name ends in loss
+        assert lower_is_better("rank_error", store) is True  # the name rule
+    bad = run_cli("--workspace", tmp_path / "w", "import-table", table, "--id-column", "model_id",
+                  "--labels", "score_loss", "--lower-is-better", "ppl")
+    assert bad.returncode == 2 and "not in --labels" in bad.stderr
+
+
+def test_conventions_json_objects_and_comma_lists(tmp_path, ws):
+    zoo = json.loads(run_cli("zoo", "list", "--json").stdout)
+    assert isinstance(zoo, dict) and {p["name"] for p in zoo["presets"]} >= {"micro", "paper-mini"}
+    proc = cli(ws, "stability", "--run", "run0", "--feature", "kshot/y/acc,ppl/x/bits_per_byte", "--json")
+    assert set(json.loads(proc.stdout)["features"]) == {"kshot/y/acc", "ppl/x/bits_per_byte"}
+    from ckptsel.cli import build_parser
+
+    assert build_parser().parse_args(["serve", "--model", "m@champion"]).model == "m@champion"
