@@ -83,7 +83,10 @@ def test_registered_model_loads_and_predicts(demo_ws):
     model_dir = next(d for d in (ws / "models").iterdir() if d.is_dir())
     mlflow.set_tracking_uri(f"sqlite:///{ws / 'mlflow.db'}")
     pyfunc = mlflow.pyfunc.load_model(f"models:/{model_dir.name}@champion")
-    predictor = PairwisePredictor.load(model_dir)
+    from ckptsel import exports
+    from ckptsel.workspace import Workspace
+
+    predictor = PairwisePredictor.load(exports.resolve(Workspace(ws), f"{model_dir.name}@champion").directory)
     with Store(ws / "ckptsel.db", create=False) as store:
         frame = store.feature_frame()
     a, b = frame.take([0]), frame.take([len(frame.ids) - 1])

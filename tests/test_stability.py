@@ -186,7 +186,7 @@ def test_plot_is_a_png(toy_run, tmp_path):
 def pythia_160m(tmp_path_factory):
     root = tmp_path_factory.mktemp("pythia")
     with Store(root / "ckptsel.db") as s:
-        import_lm_eval(s, [PYTHIA / "pythia-160m"])
+        import_lm_eval(s, [PYTHIA / "pythia-160m/zero-shot"])
     return root
 
 
@@ -196,7 +196,7 @@ def test_mtv_of_lambada_acc_matches_the_json_files(pythia_160m):
     assert len(xs) == 27
     expected = mtv_by_loop(xs)
     with Store(pythia_160m / "ckptsel.db") as s:
-        got = run_stability(s, "pythia-160m/zero-shot", ["lmeval/lambada_openai/acc"], write=False)
+        got = run_stability(s, "pythia-160m", ["lmeval/lambada_openai/acc"], write=False)
     assert got["features"]["lmeval/lambada_openai/acc"]["mtv"] == pytest.approx(expected, rel=1e-12)
     assert got["features"]["lmeval/lambada_openai/acc"]["is"] is None
 
@@ -207,10 +207,10 @@ def test_cli_stability_json_and_plot(pythia_160m, tmp_path):
     files = list(folder.glob("*.json"))
     names = {f"lmeval/{t}/{m}" for f in files for t, ms in json.loads(f.read_text())["results"].items()
              for m in ms if not m.endswith("_stderr")}
-    proc = check_ok(run_cli("--workspace", pythia_160m, "stability", "--run", "pythia-160m/zero-shot", "--json"))
+    proc = check_ok(run_cli("--workspace", pythia_160m, "stability", "--run", "pythia-160m", "--json"))
     out = json.loads(proc.stdout)
     assert set(out) == {"run", "n_checkpoints", "features"}
-    assert (out["run"], out["n_checkpoints"]) == ("pythia-160m/zero-shot", len(files))
+    assert (out["run"], out["n_checkpoints"]) == ("pythia-160m", len(files))
     assert set(out["features"]) == names
     assert all(set(e) == {"mtv", "is"} and e["is"] is None for e in out["features"].values())
     for task, metric in [("lambada_openai", "acc"), ("piqa", "acc_norm"), ("lambada_openai", "ppl")]:
@@ -218,14 +218,14 @@ def test_cli_stability_json_and_plot(pythia_160m, tmp_path):
             mtv_by_loop(json_series(folder, task, metric)), rel=1e-12)
 
     png = tmp_path / "plots/lambada.png"
-    proc = check_ok(run_cli("--workspace", pythia_160m, "stability", "--run", "pythia-160m/zero-shot",
+    proc = check_ok(run_cli("--workspace", pythia_160m, "stability", "--run", "pythia-160m",
                             "--feature", "lmeval/lambada_openai/acc", "--feature", "lmeval/lambada_openai/ppl",
                             "--window", "3", "--json", "--plot", png))
     out = json.loads(proc.stdout)
     window = out["features"]["lmeval/lambada_openai/acc"]["window"]
     xs = json_series(folder, "lambada_openai", "acc")
     assert window["k"] == 3 and window["is"] is None
-    assert window["mtv"]["pythia-160m/zero-shot@143000"] == pytest.approx(mtv_by_loop(xs[-3:]), rel=1e-12)
+    assert window["mtv"]["pythia-160m@143000"] == pytest.approx(mtv_by_loop(xs[-3:]), rel=1e-12)
     assert png.read_bytes()[:8] == PNG_MAGIC
     import matplotlib.image
 

@@ -203,7 +203,7 @@ def test_cli_zoo_build_on_a_yaml_preset(tmp_path, capsys):
     assert (config["hidden_size"], config["max_position_embeddings"], config["vocab_size"]) == (16, 16, 400)
 
     assert main(["zoo", "list", "--json"]) == 0
-    listed = {p["name"]: p for p in json.loads(capsys.readouterr().out)}
+    listed = {p["name"]: p for p in json.loads(capsys.readouterr().out)["presets"]}
     assert listed["micro"]["variants"] >= 4 and listed["micro"]["checkpoints"] >= 12
     assert listed["paper-mini"]["variants"] >= 24
 
