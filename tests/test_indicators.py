@@ -450,6 +450,8 @@ def test_cli_indicators_and_features_show(models, spec_dir, tmp_path, capsys):
     assert report["computed_units"] == 4
     assert main(["features", "show", "run@300", "--workspace", ws, "--json"]) == 0  # run = parent folder
     shown = json.loads(capsys.readouterr().out)
+    assert shown["id"] == "run@300" and len({v["spec"] for v in shown["features"]}) == 4  # one spec per unit
+    shown = {v["name"]: v["value"] for v in shown["features"]}
     assert shown["ppl/docs/token_perplexity"] == pytest.approx(V, rel=1e-5)
     assert shown["kshot/hand_mc/acc_norm"] == pytest.approx(1 / 3)
     # the stored checkpoint by id: nothing left to compute
@@ -510,3 +512,186 @@ def test_shared_context_chunks_of_mixed_length_choices(models):
                 greedy.append(all(rows[j].argmax().item() == t for j, t in enumerate(x)))
     assert [s.logprob for s in scored] == pytest.approx(plain, abs=1e-4)
     assert [s.is_greedy for s in scored] == greedy
+
+
+# -- long inputs, shipped names, legacy stores, warnings -------------------------------------------
+def test_long_continuation_is_scored_in_pieces(models):
+    """A continuation longer than max_length: each piece of L tokens reads the L tokens before
+    its last token, as a request of its own (ctx + earlier pieces, cut from the left)."""
+    from ckptsel.indicators.batching import loglikelihood
+
+    L = 8
+    lm = _lm(models[100], max_length=L)
+    rng = random.Random(2)
+    ctx, cont = [rng.randrange(3, 250) for _ in range(5)], [rng.randrange(3, 250) for _ in range(19)]
+    expected = 0.0
+    with torch.no_grad():
+        for start in (0, 8, 16):  # pieces of 8, 8 and 3 tokens
+            piece = cont[start:start + L]
+            whole = (ctx + cont[:start + len(piece)])[-(L + 1):]
+            logp = torch.log_softmax(lm.model(torch.tensor([whole[:-1]])).logits[0].double(), -1)
+            expected += sum(logp[len(whole) - 1 - len(piece) + j, t].item() for j, t in enumerate(piece))
+    (got,) = loglikelihood(lm, [(ctx, cont)], batch_size=2)
+    assert len(got.token_logprobs) == 19
+    assert got.logprob == pytest.approx(expected, abs=1e-4)
+
+
+def test_span_corruption_windows(models):
+    """A document whose target exceeds max_length is scored in windows that each fit whole; on
+    the uniform byte-level model every target byte still costs ln V."""
+    from ckptsel.indicators.span_corruption import (corrupt, document_requests, span_corruption_perplexity,
+                                                    split_words, windows)
+
+    assert windows(split_words("a b c d e"), 2) == [["a", " b", " c"], ["d", " e"]]
+    assert windows(split_words("a b c d e"), 3) == [["a", " b"], ["c", " d"], ["e"]]
+    lm = _lm(models[300], max_length=48)
+    long_doc = " ".join(f"word{i}" for i in range(120))
+    assert len(corrupt(long_doc, doc_index=1, seed=0).target.encode()) > 48  # does not fit as one
+    reqs = document_requests(lm, long_doc, doc_index=1, seed=0)
+    assert len(reqs) > 1 and all(len(c) + len(t) <= 49 for c, t, _ in reqs)
+    assert document_requests(lm, long_doc, doc_index=1, seed=0) == reqs  # deterministic
+    # a document that fits is one request, exactly as before windows existed
+    (ctx, tgt, n_bytes), = document_requests(lm, DOCS[0], doc_index=0, seed=0)
+    c = corrupt(DOCS[0], doc_index=0, seed=0)
+    assert ctx[0] == 1 and lm.decode(ctx[1:]) == c.context + "\n" and lm.decode(tgt) == c.target
+    assert len(ctx) == 2 + len(c.context) and len(tgt) == n_bytes == len(c.target)  # ASCII: a token a byte
+    got = span_corruption_perplexity(lm, [DOCS[0], long_doc], seed=0)
+    assert got["token_perplexity"] == pytest.approx(V, rel=1e-5)
+    assert got["bits_per_byte"] == pytest.approx(math.log2(V), rel=1e-6)
+
+
+def test_shipped_default_spec_on_a_128_token_model(models, tmp_path):
+    """configs/indicators/default.yaml end to end on a uniform model with a 128-token context:
+    long span-corruption targets and 300-character choices no longer fail, and every number
+    has its closed form (each byte token costs ln V)."""
+    from transformers import LlamaForCausalLM
+
+    from ckptsel.checkpoints import add_checkpoints
+    from ckptsel.indicators import run_indicators
+    from ckptsel.indicators.span_corruption import corrupt
+    from ckptsel.indicators.spec import load_documents, load_spec, read_jsonl
+    from ckptsel.tiny import build_tiny_checkpoint
+
+    root = Path(__file__).resolve().parents[1]
+    path = build_tiny_checkpoint(tmp_path / "ctx128", tokenizer_dir=models["tok"], max_position_embeddings=128)
+    model = LlamaForCausalLM.from_pretrained(path)
+    with torch.no_grad():
+        model.lm_head.weight.zero_()
+    model.save_pretrained(path)
+    spec = load_spec(root / "configs" / "indicators" / "default.yaml")
+    docs = load_documents(root / "data" / "corpora" / "stdlib_docs.jsonl", 200)
+    assert max(len(corrupt(d, doc_index=i, seed=0).target.encode()) for i, d in enumerate(docs)) > 128
+    with Store(tmp_path / "ws" / "ckptsel.db") as store:
+        (ckpt,) = add_checkpoints(store, [path])
+        run = run_indicators(store, [ckpt], spec, device="cpu", progress=False, log=lambda m: None)
+        assert run.computed_units == 6
+        f = _features(store, ckpt.id)
+    for name in ("ppl/stdlib", "ppl/licenses", "ppl_sc/stdlib"):
+        assert f[f"{name}/token_perplexity"] == pytest.approx(V, rel=1e-5)
+        assert f[f"{name}/bits_per_byte"] == pytest.approx(math.log2(V), rel=1e-6)
+    # " " + choice costs len(" " + choice) byte tokens: acc picks the shortest, acc_norm the
+    # largest -(n+1)/n (the longest), the first on ties
+    rows = read_jsonl(root / "data" / "tasks" / "licenses_next.test.jsonl")
+    assert max(len(c.encode()) for r in rows for c in r["choices"]) > 128
+    n = [[len(c.encode()) + 1 for c in r["choices"]] for r in rows]
+    acc = np.mean([int(np.argmin(k)) == r["gold"] for k, r in zip(n, rows)])
+    acc_norm = np.mean([int(np.argmax([-k_i / len(c) for k_i, c in zip(k, r["choices"])])) == r["gold"]
+                        for k, r in zip(n, rows)])
+    assert f["kshot/licenses_next/acc"] == pytest.approx(acc)
+    assert f["kshot/licenses_next/acc_norm"] == pytest.approx(acc_norm)
+    assert f["kshot/stdlib_cloze/exact_match"] == 0.0  # every greedy token is <pad> (id 0, ties)
+
+
+def test_spec_names_shipped_data_from_anywhere(tmp_path):
+    from ckptsel.indicators.spec import load_spec
+
+    root = Path(__file__).resolve().parents[1]
+    data = root / "data"
+    (tmp_path / "local.jsonl").write_text('{"text": "a local corpus"}\n')
+    _write(tmp_path / "named.yaml", """
+        name: named
+        corpora:
+          - {name: stdlib, path: stdlib_docs}
+          - {name: zoo_python, path: zoo_python}
+          - {name: mine, path: local.jsonl}
+        span_corruption:
+          - {name: stdlib, path: stdlib_docs}
+        tasks: [stdlib_mc, {path: zoo_kshot_domain, limit: 5}]
+    """)
+    spec = load_spec(tmp_path / "named.yaml")
+    assert [c.path for c in spec.corpora] == [data / "corpora/stdlib_docs.jsonl", data / "zoo/indicators/python.jsonl",
+                                              tmp_path / "local.jsonl"]
+    assert spec.span_corruption[0].path == data / "corpora/stdlib_docs.jsonl"
+    assert [t.source for t in spec.tasks] == [data / "tasks/stdlib_mc.yaml", data / "zoo/indicators/zoo_kshot_domain.yaml"]
+    assert spec.tasks[1].limit == 5
+    # a name and the path it stands for give the same spec hash
+    _write(tmp_path / "by_path.yaml", f"""
+        name: named
+        corpora: [{{name: stdlib, path: {data}/corpora/stdlib_docs.jsonl}}]
+    """)
+    by_name = spec.units()[0].spec_hash(dtype="float32")
+    assert load_spec(tmp_path / "by_path.yaml").units()[0].spec_hash(dtype="float32") == by_name
+    # an unknown name: one line listing the shipped ones
+    (tmp_path / "bad.yaml").write_text("tasks: [stdlib_mcq]\n")
+    with pytest.raises(CkptselError, match=r"'stdlib_mcq' is not a shipped task \(shipped: licenses_next, "
+                                           r"stdlib_cloze, stdlib_mc, zoo_kshot_domain, zoo_kshot_ending\)") as e:
+        load_spec(tmp_path / "bad.yaml")
+    assert "\n" not in str(e.value)
+
+
+def test_rerun_on_a_store_with_one_prediction_array_per_task(models, spec_dir, tmp_path):
+    """A store written before predictions were kept per metric (one ``kshot/<task>`` array):
+    a rerun computes the k-shot units again and stores each metric's picks."""
+    from ckptsel.checkpoints import add_checkpoints
+    from ckptsel.indicators import run_indicators
+    from ckptsel.indicators.spec import load_spec
+
+    spec = load_spec(spec_dir / "spec.yaml")
+    with Store(tmp_path / "ws" / "ckptsel.db") as store:
+        (ckpt,) = add_checkpoints(store, [models[300]])
+        run_indicators(store, [ckpt], spec, device="cpu", progress=False, log=lambda m: None)
+        with store.transaction():  # what an old run left: the acc picks under the task's name only
+            for task in ("hand_mc", "hand_gen"):
+                (h,) = {r[0] for r in store.conn.execute("SELECT spec_hash FROM predictions WHERE task LIKE ?",
+                                                         (f"kshot/{task}/%",))}
+                store.conn.execute("DELETE FROM predictions WHERE task LIKE ?", (f"kshot/{task}/%",))
+                store.put_predictions(ckpt.fingerprint, f"kshot/{task}", np.zeros(3, dtype=np.int16), spec_hash=h)
+        again = run_indicators(store, [ckpt], spec, device="cpu", progress=False, log=lambda m: None)
+        assert (again.computed_units, again.cached_units) == (2, 2)  # the k-shot units; ppl and ppl_sc cached
+        assert store.predictions("kshot/hand_mc/acc")[ckpt.fingerprint].tolist() == [0, 1, 0]
+        assert store.predictions("kshot/hand_mc/acc_norm")[ckpt.fingerprint].tolist() == [1, 2, 0]
+        assert store.predictions("kshot/hand_gen/exact_match")[ckpt.fingerprint].tolist() == [0, 0]
+
+
+def test_no_transformers_warnings_on_gpt2_and_llama(models, spec_dir, tmp_path, caplog):
+    """The forward passes use the current cache argument and an explicit attention mask, so
+    neither the ``past_key_values`` deprecation nor GPT-2's padding warning is emitted."""
+    import warnings
+
+    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers.utils import logging as hf_logging
+
+    from ckptsel.checkpoints import add_checkpoints
+    from ckptsel.indicators import run_indicators
+    from ckptsel.indicators.spec import load_spec
+
+    torch.manual_seed(0)  # GPT-2 warns about padding only when its config names a pad token
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=V, n_positions=64, n_embd=32, n_layer=2, n_head=4,
+                                      pad_token_id=0, bos_token_id=1, eos_token_id=2))
+    gpt2.save_pretrained(tmp_path / "gpt2")
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        (tmp_path / "gpt2" / f).write_bytes((Path(models[100]) / f).read_bytes())
+    spec = load_spec(spec_dir / "spec.yaml")  # padded batches, a shared-context cache, generation
+    hf_logging.warning_once.cache_clear()  # a warning seen earlier in this process would not repeat
+    hf_logging.enable_propagation()
+    try:
+        with warnings.catch_warnings(record=True) as caught, caplog.at_level("WARNING", logger="transformers"):
+            warnings.simplefilter("always")
+            with Store(tmp_path / "ws" / "ckptsel.db") as store:
+                ckpts = add_checkpoints(store, [models[100], tmp_path / "gpt2"])
+                run = run_indicators(store, ckpts, spec, device="cpu", progress=False, log=lambda m: None)
+    finally:
+        hf_logging.disable_propagation()
+    assert run.computed_units == 8
+    messages = [r.getMessage() for r in caplog.records] + [str(w.message) for w in caught]
+    assert not [m for m in messages if "past_key_values" in m or "attention_mask" in m], messages

@@ -131,7 +131,7 @@ def tiny_config(tokenizer, *, hidden_size: int = 32, num_layers: int = 2, num_he
 def _load_tokenizer(tokenizer_dir):
     from transformers import PreTrainedTokenizerFast
 
-    return PreTrainedTokenizerFast.from_pretrained(str(tokenizer_dir))
+    return PreTrainedTokenizerFast.from_pretrained(str(tokenizer_dir), local_files_only=True)
 
 
 def _save(model, tokenizer, out_dir: Path, step: int | None, max_shard_size) -> Path:
@@ -147,20 +147,23 @@ def _save(model, tokenizer, out_dir: Path, step: int | None, max_shard_size) -> 
 def build_tiny_checkpoint(out_dir, *, seed: int = 0, hidden_size: int = 32, num_layers: int = 2,
                           num_heads: int = 4, vocab_size: int | None = None, text: str | None = None,
                           tokenizer_dir=None, step: int | None = None,
-                          max_shard_size: int | str | None = None) -> Path:
+                          max_shard_size: int | str | None = None, max_position_embeddings: int = 512) -> Path:
     """Build a random-init tiny ``LlamaForCausalLM`` and its tokenizer into ``out_dir``.
 
     The tokenizer is loaded from ``tokenizer_dir`` when given, else trained on ``text``
     (default :func:`default_text`) with a vocabulary of ``vocab_size`` (default 512).
     Weights come from ``torch.manual_seed(seed)``; the model is saved in fp32 safetensors
     (sharded when ``max_shard_size`` is given). With ``step``, a ``trainer_state.json``
-    holding ``global_step`` is written too. Returns ``out_dir`` as a ``Path``.
+    holding ``global_step`` is written too. ``max_position_embeddings`` is the context window
+    (the indicators' ``max_length`` unless a spec sets one). Returns ``out_dir`` as a ``Path``.
     """
-    model, tokenizer = _init_model(text, tokenizer_dir, vocab_size, hidden_size, num_layers, num_heads, seed)
+    model, tokenizer = _init_model(text, tokenizer_dir, vocab_size, hidden_size, num_layers, num_heads, seed,
+                                   max_position_embeddings)
     return _save(model.eval(), tokenizer, Path(out_dir), step, max_shard_size)
 
 
-def _init_model(text, tokenizer_dir, vocab_size, hidden_size, num_layers, num_heads, seed):
+def _init_model(text, tokenizer_dir, vocab_size, hidden_size, num_layers, num_heads, seed,
+                max_position_embeddings: int = 512):
     """A tokenizer (loaded, or trained on ``text``) and a random-init model seeded by ``seed``."""
     import torch
     from transformers import LlamaForCausalLM
@@ -169,8 +172,8 @@ def _init_model(text, tokenizer_dir, vocab_size, hidden_size, num_layers, num_he
         tokenizer = _load_tokenizer(tokenizer_dir)
     else:
         tokenizer = train_tokenizer(text, vocab_size=vocab_size or 512)
-    config = tiny_config(tokenizer, hidden_size=hidden_size, num_layers=num_layers,
-                         num_heads=num_heads, vocab_size=vocab_size)
+    config = tiny_config(tokenizer, hidden_size=hidden_size, num_layers=num_layers, num_heads=num_heads,
+                         vocab_size=vocab_size, max_position_embeddings=max_position_embeddings)
     torch.manual_seed(seed)
     return LlamaForCausalLM(config), tokenizer
 

@@ -10,7 +10,9 @@ ones); only the scored positions are projected onto the vocabulary.
 - :func:`loglikelihood` scores ``(context, continuation)`` token requests exactly as
   lm-evaluation-harness's ``HFLM._loglikelihood_tokens``: the model reads
   ``(context + continuation)[-(max_length + 1):][:-1]`` and the continuation is scored on the
-  last ``len(continuation)`` positions (left truncation when too long).
+  last ``len(continuation)`` positions (left truncation when too long). A continuation longer
+  than ``max_length`` tokens is scored in consecutive pieces of ``max_length`` tokens, each the
+  continuation of the context and the pieces before it (the same rule), and the pieces summed.
 - :func:`loglikelihood_groups` scores several continuations of one shared context (multiple
   choice) with the context computed once: a pass over the contexts keeps the key/value cache,
   which is copied to each choice's row, and a second pass reads only the choices' tokens (rows
@@ -32,7 +34,6 @@ from typing import Sequence
 
 import torch
 
-from ckptsel.errors import CkptselError
 from ckptsel.indicators.lm import ScoringLM
 
 
@@ -89,15 +90,16 @@ def loglikelihood(lm: ScoringLM, requests: Sequence[tuple[Sequence[int], Sequenc
                   desc: str = "loglikelihood") -> list[Scored]:
     """Score ``(context_tokens, continuation_tokens)`` requests (lm-eval semantics, see module)."""
     L = lm.max_length
-    inputs, n_scored, targets = [], [], []
-    for ctx, cont in requests:
+    pieces, owner = [], []  # requests of at most L continuation tokens, and the request each is part of
+    for r, (ctx, cont) in enumerate(requests):
         if not ctx or not cont:
             raise ValueError("each request needs a non-empty context and continuation")
-        if len(cont) > L:
-            raise CkptselError(f"a continuation of {len(cont)} tokens exceeds max_length {L}; raise max_length in "
-                               "the indicator spec (at most the model's max_position_embeddings) or shorten the "
-                               "task's choices")
-        whole = (list(ctx) + list(cont))[-(L + 1):]
+        for k in range(0, len(cont), L):
+            pieces.append((list(ctx) + list(cont[:k]), list(cont[k:k + L])))
+            owner.append(r)
+    inputs, n_scored, targets = [], [], []
+    for ctx, cont in pieces:
+        whole = (ctx + cont)[-(L + 1):]
         inputs.append(whole[:-1])
         n_scored.append(len(cont))
         targets.append(list(cont))
@@ -126,7 +128,14 @@ def loglikelihood(lm: ScoringLM, requests: Sequence[tuple[Sequence[int], Sequenc
             pos += n
         bar.update(len(batch))
     bar.close()
-    return out  # type: ignore[return-value]
+    if len(pieces) == len(requests):
+        return out  # type: ignore[return-value]
+    merged: list[Scored | None] = [None] * len(requests)
+    for r, s in zip(owner, out):
+        m = merged[r]
+        merged[r] = s if m is None else Scored(m.logprob + s.logprob, m.token_logprobs + s.token_logprobs,
+                                               m.is_greedy and s.is_greedy)
+    return merged  # type: ignore[return-value]
 
 
 @_scoring

@@ -22,11 +22,17 @@ Definition, per document ``d`` (index ``i`` in the corpus file):
 4. The model reads ``[prefix] + enc(C + "\\n") + enc(T)`` (``enc`` without special tokens;
    the prefix is BOS, else EOS) and only the target tokens ``enc(T)`` are scored. When the
    sequence is longer than ``max_length + 1`` tokens the context is cut from the left
-   (lm-eval's rule for log-likelihood requests); a target longer than ``max_length`` is an
-   error (lower ``max_words``).
+   (lm-eval's rule for log-likelihood requests).
+5. A document whose target is longer than ``max_length`` tokens is scored in windows instead:
+   its (cut) words are split into ``n`` consecutive windows of equal word count (the first
+   ``n_words mod n`` one word longer; a window's first word loses its leading whitespace),
+   each corrupted as in 2-4 with ``rng = numpy.random.default_rng([seed, i, n, j])`` for
+   window ``j``, with ``n >= 2`` the smallest count for which every window's whole sequence
+   fits (at most ``max_length + 1`` tokens, so no context is cut). A window of one word has no
+   noise and is left out. Documents whose target fits are unchanged by this rule.
 
-Features over the corpus's documents ``d``, with ``NLL_d`` the summed negative
-log-likelihood of ``enc(T_d)``:
+Features over the corpus's scored sequences ``d`` (documents or windows), with ``NLL_d`` the
+summed negative log-likelihood of ``enc(T_d)``:
 
 - ``token_perplexity = exp(Σ NLL_d / Σ |enc(T_d)|)``  (PPL-SC)
 - ``bits_per_byte    = Σ NLL_d / Σ bytes(T_d) / ln 2``
@@ -112,14 +118,60 @@ def apply_sentinels(words: Sequence[str], mask: Sequence[bool]) -> tuple[str, st
     return "".join(context), "".join(target)
 
 
-def corrupt(text: str, *, doc_index: int, seed: int, noise_density: float = 0.15,
-            mean_span_length: float = 3.0, max_words: int = 256) -> Corrupted:
-    """The corrupted context and sentinel target of one document (see module docstring)."""
-    words = split_words(text)[:max_words]
-    rng = np.random.default_rng([seed, doc_index])
+def corrupt_words(words: Sequence[str], rng: np.random.Generator, noise_density: float = 0.15,
+                  mean_span_length: float = 3.0) -> Corrupted:
+    """The corrupted context and sentinel target of words (with leading whitespace)."""
     mask = random_spans_noise_mask(len(words), noise_density, mean_span_length, rng)
     context, target = apply_sentinels(words, mask)
     return Corrupted(context, target, mask)
+
+
+def corrupt(text: str, *, doc_index: int, seed: int, noise_density: float = 0.15,
+            mean_span_length: float = 3.0, max_words: int = 256) -> Corrupted:
+    """The corrupted context and sentinel target of one document (see module docstring)."""
+    return corrupt_words(split_words(text)[:max_words], np.random.default_rng([seed, doc_index]),
+                         noise_density, mean_span_length)
+
+
+def windows(words: Sequence[str], n: int) -> list[list[str]]:
+    """``words`` in ``n`` consecutive windows of equal size (the first ``len mod n`` one longer),
+    each window's first word without its leading whitespace."""
+    size, extra = divmod(len(words), n)
+    out, start = [], 0
+    for j in range(n):
+        end = start + size + (j < extra)
+        chunk = list(words[start:end])
+        out.append([chunk[0].lstrip()] + chunk[1:])
+        start = end
+    return out
+
+
+def _encode(lm, c: Corrupted) -> tuple[list[int], list[int]]:
+    """``([prefix] + enc(C + "\\n"), enc(T))``: the request of one corrupted sequence."""
+    ctx = [lm.prefix_token_id] + lm.tok_encode(c.context + "\n", add_special_tokens=False)
+    return ctx, lm.tok_encode(c.target, add_special_tokens=False)
+
+
+def document_requests(lm, text: str, *, doc_index: int, seed: int, noise_density: float = 0.15,
+                      mean_span_length: float = 3.0, max_words: int = 256) -> list[tuple[list[int], list[int], int]]:
+    """``(context tokens, target tokens, target bytes)`` scored for one document: the document
+    itself when its target fits ``lm.max_length``, else its windows (steps 4-5 of the module)."""
+    c = corrupt(text, doc_index=doc_index, seed=seed, noise_density=noise_density,
+                mean_span_length=mean_span_length, max_words=max_words)
+    if not c.target:
+        return []
+    ctx, tgt = _encode(lm, c)
+    if len(tgt) <= lm.max_length:
+        return [(ctx, tgt, len(c.target.encode("utf-8")))]
+    words = split_words(text)[:max_words]
+    for n in range(2, len(words) + 1):
+        parts = [corrupt_words(chunk, np.random.default_rng([seed, doc_index, n, j]), noise_density, mean_span_length)
+                 for j, chunk in enumerate(windows(words, n))]
+        encoded = [(*_encode(lm, w), len(w.target.encode("utf-8"))) for w in parts if w.target]
+        if all(len(ctx) + len(tgt) <= lm.max_length + 1 for ctx, tgt, _ in encoded):
+            return encoded
+    raise CkptselError(f"span-corruption document {doc_index} does not fit max_length {lm.max_length} even "
+                       "in one-word windows; raise max_length in the spec")
 
 
 def span_corruption_perplexity(lm, documents: Sequence[str], *, seed: int, noise_density: float = 0.15,
@@ -130,17 +182,10 @@ def span_corruption_perplexity(lm, documents: Sequence[str], *, seed: int, noise
 
     requests, n_bytes = [], 0
     for i, text in enumerate(documents):
-        c = corrupt(text, doc_index=i, seed=seed, noise_density=noise_density,
-                    mean_span_length=mean_span_length, max_words=max_words)
-        if not c.target:
-            continue
-        ctx = [lm.prefix_token_id] + lm.tok_encode(c.context + "\n", add_special_tokens=False)
-        tgt = lm.tok_encode(c.target, add_special_tokens=False)
-        if len(tgt) > lm.max_length:
-            raise CkptselError(f"span-corruption target of document {i} has {len(tgt)} tokens, more than "
-                               f"max_length {lm.max_length}; lower max_words in the spec")
-        requests.append((ctx, tgt))
-        n_bytes += len(c.target.encode("utf-8"))
+        for ctx, tgt, size in document_requests(lm, text, doc_index=i, seed=seed, noise_density=noise_density,
+                                                mean_span_length=mean_span_length, max_words=max_words):
+            requests.append((ctx, tgt))
+            n_bytes += size
     scored = loglikelihood(lm, requests, batch_size=batch_size, progress=progress, desc=desc)
     nll = -math.fsum(s.logprob for s in scored)
     n_tokens = sum(len(t) for _, t in requests)

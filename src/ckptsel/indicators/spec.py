@@ -1,21 +1,27 @@
 """Indicator specs: the YAML that names corpora, span-corruption settings and k-shot tasks.
 
-A spec file (``configs/indicators/<NAME>.yaml``; relative paths resolve against the spec
-file's directory)::
+A spec file (``configs/indicators/<NAME>.yaml``)::
 
     name: default
     max_length: null        # context window in tokens; null = the model's (lm-eval's rule)
     batch_size: 16          # sequences per forward pass, after length bucketing
     corpora:                # perplexity -> ppl/<name>/...
-      - {name: stdlib, path: ../../data/corpora/stdlib_docs.jsonl, max_documents: null}
+      - {name: stdlib, path: stdlib_docs, max_documents: null}
     span_corruption:        # PPL-SC -> ppl_sc/<name>/...
-      - {name: stdlib, path: ..., noise_density: 0.15, mean_span_length: 3, seed: 0,
+      - {name: stdlib, path: my/corpus.jsonl, noise_density: 0.15, mean_span_length: 3, seed: 0,
          max_documents: 200, max_words: 256}
     tasks:                  # k-shot tasks -> kshot/<task>/...
-      - ../../data/tasks/stdlib_mc.yaml
+      - stdlib_mc
       - {path: ../../data/tasks/stdlib_cloze.yaml, limit: 20, num_fewshot: 3}   # overrides
     num_cpus: 1             # what one job (checkpoint) asks of a Ray cluster (--executor ray);
     num_gpus: 0             # not part of any hash: resources do not change the numbers
+
+A ``path`` with neither ``/`` nor ``.`` in it names data shipped in the repository's ``data``
+directory (:func:`shipped`): a corpus ``NAME`` is ``data/corpora/NAME.jsonl`` or, for
+``zoo_<domain>``, ``data/zoo/indicators/<domain>.jsonl``; a task ``NAME`` is
+``data/tasks/NAME.yaml`` or ``data/zoo/indicators/NAME.yaml``. Any other value is a file path,
+relative to the spec file's directory, so a spec that names its data works wherever it is
+copied. Both give the same spec hash (it covers the data's bytes, not where they were found).
 
 Each indicator (one corpus, one span-corruption entry, one task) is a :class:`Unit` with its
 own spec hash: ``ckptsel.store.spec_hash`` of its resolved settings, the SHA-256 of its data
@@ -186,6 +192,33 @@ def read_yaml_mapping(path: Path, what: str, hint: str) -> dict:
     return data
 
 
+def data_dir() -> Path:
+    """The repository's ``data`` directory (resolved from this file, like ``ckptsel.zoo.corpus.data_dir``)."""
+    return Path(__file__).resolve().parents[3] / "data"
+
+
+def shipped(kind: str) -> dict[str, Path]:
+    """The shipped corpora (``kind="corpus"``) or k-shot tasks (``"task"``) by name (see module docstring)."""
+    root = data_dir()
+    zoo = root / "zoo" / "indicators"
+    if kind == "corpus":
+        out = {p.stem: p for p in sorted((root / "corpora").glob("*.jsonl"))}
+        out.update({f"zoo_{p.stem}": p for p in sorted(zoo.glob("*.jsonl")) if "." not in p.stem})
+        return out
+    return {p.stem: p for d in (root / "tasks", zoo) for p in sorted(d.glob("*.yaml"))}
+
+
+def _resolve_data(base: Path, value: Any, where: str, kind: str) -> Path:
+    """A spec's corpus or task ``path``: a shipped name, else a path relative to ``base``."""
+    if isinstance(value, str) and value and "/" not in value and "\\" not in value and "." not in value:
+        names = shipped(kind)
+        if value not in names:
+            raise CkptselError(f"{where}: {value!r} is not a shipped {kind} (shipped: {', '.join(names) or 'none'}); "
+                               f"name one of those or give a file path (./{value} for a file here)")
+        return names[value].resolve()
+    return _resolve(base, value, where)
+
+
 def _resolve(base: Path, value: Any, where: str) -> Path:
     if not isinstance(value, str) or not value:
         raise CkptselError(f"{where}: 'path' must be a file path string")
@@ -252,7 +285,8 @@ def load_spec(path: str | Path) -> IndicatorSpec:
         if not isinstance(c, dict):
             raise CkptselError(f"{where} must be a mapping with name and path")
         check_keys(c, {"name", "path", "max_documents"}, where)
-        corpora.append(CorpusSpec(str(c.get("name") or Path(c["path"]).stem), _resolve(base, c.get("path"), where),
+        corpora.append(CorpusSpec(str(c.get("name") or Path(c["path"]).stem),
+                                  _resolve_data(base, c.get("path"), where, "corpus"),
                                   _opt_int(c.get("max_documents"), f"{where}: max_documents")))
     scs = []
     for i, s in enumerate(data.get("span_corruption") or []):
@@ -265,7 +299,7 @@ def load_spec(path: str | Path) -> IndicatorSpec:
         if not 0.0 < density < 1.0:
             raise CkptselError(f"{where}: noise_density must be in (0, 1), not {density}")
         scs.append(SpanCorruptionSpec(
-            str(s.get("name") or Path(s["path"]).stem), _resolve(base, s.get("path"), where), density,
+            str(s.get("name") or Path(s["path"]).stem), _resolve_data(base, s.get("path"), where, "corpus"), density,
             float(s.get("mean_span_length", 3)), int(s.get("seed", 0)),
             _opt_int(s.get("max_documents", 200), f"{where}: max_documents"),
             _opt_int(s.get("max_words", 256), f"{where}: max_words") or 256,
@@ -275,13 +309,13 @@ def load_spec(path: str | Path) -> IndicatorSpec:
         where = f"{path.name}: tasks[{i}]"
         if isinstance(t, dict):  # {path: TASK.yaml, limit: N, num_fewshot: K, fewshot_seed: S}
             check_keys(t, {"path", "limit", "num_fewshot", "fewshot_seed"}, where)
-            task = load_task(_resolve(base, t.get("path"), where))
+            task = load_task(_resolve_data(base, t.get("path"), where, "task"))
             overrides = {k: t[k] for k in ("limit", "num_fewshot", "fewshot_seed") if k in t}
             if "limit" in overrides:
                 overrides["limit"] = _opt_int(overrides["limit"], f"{where}: limit")
             tasks.append(dataclasses.replace(task, **overrides))
         else:
-            tasks.append(load_task(_resolve(base, t, where)))
+            tasks.append(load_task(_resolve_data(base, t, where, "task")))
     if not (corpora or scs or tasks):
         raise CkptselError(f"spec {path} names no corpora, span_corruption or tasks; add at least one")
     batch_size = data.get("batch_size", 16)

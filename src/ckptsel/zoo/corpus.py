@@ -24,14 +24,18 @@ of them are held out. Written files, one ``{"text"}`` row per document:
 
 - ``<domain>.pretrain.jsonl``: what the zoo's models are trained on;
 - ``<domain>.heldout.jsonl``: never trained on; ``ckptsel.zoo.tasks`` builds the fine-tuning
-  tasks and the indicator data from it.
+  tasks and the indicator data from it;
+- ``sources.json``: the SHA-256 of every source file read, ``{domain: {source: sha256}}``.
 
-Same Python minor version (3.11) and Debian release (12): byte-identical files.
+Same Python minor version (3.11) and Debian release (12): byte-identical files. The committed
+``data/zoo`` is the source of truth; ``sources.json`` lets a check tell a source that is absent
+or changed on this machine (another image or release) from a change in this code.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import random
 import re
@@ -95,20 +99,13 @@ def load_domain(domain: str, split: str = "pretrain", *, root: str | Path | None
 
 
 # -- sources ----------------------------------------------------------------------------------
-def _read(path: Path, what: str) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise CkptselError(f"cannot read {path} ({what}): {e.strerror}; the zoo corpus needs a Debian 12 "
-                           f"system with Python 3.11") from e
+SOURCES_FILE = "sources.json"
 
 
-def source_texts(domain: str) -> list[tuple[str, str]]:
-    """``(source name, raw text)`` of a domain, in the fixed order of its list."""
+def source_files(domain: str) -> list[tuple[str, Path]]:
+    """``(source name, file)`` of a domain, in the fixed order of its list (files may be absent)."""
     if domain == "python":
         import importlib.util
-
-        from ckptsel.tiny import _docstrings
 
         out = []
         for mod in PYTHON_MODULES:
@@ -116,17 +113,40 @@ def source_texts(domain: str) -> list[tuple[str, str]]:
             if spec is None or not str(spec.origin).endswith(".py"):
                 raise CkptselError(f"standard-library module {mod} has no Python source here; "
                                    f"the zoo corpus needs CPython 3.11's standard library")
-            out.append((mod, "\n\n".join(_docstrings(mod))))
+            out.append((mod, Path(spec.origin)))
         return out
     if domain == "licenses":
-        return [(name, _read(LICENSE_DIR / name, "Debian license text")) for name in LICENSES]
+        return [(name, LICENSE_DIR / name) for name in LICENSES]
     if domain == "copyright":
-        out = []
-        for pkg in COPYRIGHT_PACKAGES:
-            text = _read(DOC_DIR / pkg / "copyright", f"copyright file of Debian package {pkg}")
-            out.append((pkg, re.sub(r"(?m)^[ \t]*\.[ \t]*$", "", text)))
-        return out
+        return [(pkg, DOC_DIR / pkg / "copyright") for pkg in COPYRIGHT_PACKAGES]
     raise CkptselError(f"unknown zoo domain {domain!r}; choose one of {', '.join(DOMAINS)}")
+
+
+def _read(domain: str, name: str, path: Path) -> str:
+    if not path.is_file():
+        fix = f"install it (apt-get install {name})" if domain == "copyright" else "run on Debian 12 with Python 3.11"
+        raise CkptselError(f"zoo source {path} ({domain} domain) is missing; {fix} to rebuild, or keep the "
+                           f"committed data/zoo (the source of truth)")
+    return path.read_text(encoding="utf-8")
+
+
+def source_texts(domain: str) -> list[tuple[str, str]]:
+    """``(source name, raw text)`` of a domain, in the fixed order of its list."""
+    files = source_files(domain)
+    if domain == "python":
+        from ckptsel.tiny import _docstrings
+
+        return [(mod, "\n\n".join(_docstrings(mod))) for mod, _ in files]
+    texts = [(name, _read(domain, name, path)) for name, path in files]
+    if domain == "copyright":
+        return [(pkg, re.sub(r"(?m)^[ \t]*\.[ \t]*$", "", text)) for pkg, text in texts]
+    return texts
+
+
+def sources_manifest() -> dict[str, dict[str, str]]:
+    """``{domain: {source name: SHA-256 of its file}}``, what ``sources.json`` records."""
+    return {d: {name: hashlib.sha256(path.read_bytes()).hexdigest() for name, path in source_files(d)}
+            for d in DOMAINS}
 
 
 def paragraphs(text: str) -> list[str]:
@@ -152,16 +172,19 @@ def documents(domain: str, seen: set[str]) -> list[str]:
     return docs
 
 
+def split_domain(domain: str, seen: set[str]) -> dict[str, list[str]]:
+    """``{"pretrain": [...], "heldout": [...]}`` of one domain, given the paragraphs ``seen`` in
+    the domains before it (added to)."""
+    docs = documents(domain, seen)
+    random.Random(f"{SEED}/{domain}").shuffle(docs)
+    n_held = round(len(docs) * HELDOUT_FRACTION)
+    return {"heldout": docs[:n_held], "pretrain": docs[n_held:]}
+
+
 def build_splits() -> dict[str, dict[str, list[str]]]:
     """``{domain: {"pretrain": [...], "heldout": [...]}}``."""
     seen: set[str] = set()
-    out = {}
-    for domain in DOMAINS:
-        docs = documents(domain, seen)
-        random.Random(f"{SEED}/{domain}").shuffle(docs)
-        n_held = round(len(docs) * HELDOUT_FRACTION)
-        out[domain] = {"heldout": docs[:n_held], "pretrain": docs[n_held:]}
-    return out
+    return {domain: split_domain(domain, seen) for domain in DOMAINS}
 
 
 def write_jsonl(path: Path, rows) -> None:
@@ -172,10 +195,14 @@ def write_jsonl(path: Path, rows) -> None:
 
 
 def build(out: str | Path) -> dict[str, dict[str, tuple[int, int]]]:
-    """Write ``<domain>.<split>.jsonl`` under ``out``; returns ``{domain: {split: (documents, chars)}}``."""
+    """Write ``<domain>.<split>.jsonl`` and ``sources.json`` under ``out``; returns
+    ``{domain: {split: (documents, chars)}}``."""
     out = Path(out)
     counts: dict[str, dict[str, tuple[int, int]]] = {}
-    for domain, splits in build_splits().items():
+    splits_by_domain = build_splits()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / SOURCES_FILE).write_text(json.dumps(sources_manifest(), indent=1) + "\n", encoding="utf-8")
+    for domain, splits in splits_by_domain.items():
         counts[domain] = {}
         for split in SPLITS:
             docs = splits[split]
