@@ -182,3 +182,23 @@ def test_gradient_checkpointing_same_adapter_same_hash(tmp_path, ckpt_dir):
         torch.testing.assert_close(adapters[0][k], adapters[1][k], rtol=1e-4, atol=1e-6)
     with pytest.raises(CkptselError, match="gradient_checkpointing must be true or false"):
         ft.load_task(write_task(tmp_path, max_steps=3, gradient_checkpointing="yes"))
+
+
+def test_cli_finetune_of_pickled_weights_needs_allow_pickle(tmp_path, ckpt_dir):
+    import shutil
+
+    from safetensors.torch import load_file
+
+    ckpt = tmp_path / "run" / "checkpoint-5"
+    shutil.copytree(ckpt_dir, ckpt)
+    torch.save(load_file(ckpt / "model.safetensors"), ckpt / "pytorch_model.bin")
+    (ckpt / "model.safetensors").unlink()
+    task = write_task(tmp_path, max_steps=2)
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    run = [sys.executable, "-m", "ckptsel", "--workspace", str(tmp_path / "ws"), "finetune", str(ckpt),
+           "--task", str(task), "--no-progress"]
+    refused = subprocess.run(run, capture_output=True, text=True, env=env, timeout=120)
+    assert refused.returncode == 2 and refused.stderr.strip().endswith("(pass --allow-pickle to trust .bin files)")
+    assert len(refused.stderr.strip().splitlines()) == 1
+    ok = subprocess.run(run + ["--allow-pickle"], capture_output=True, text=True, env=env, timeout=120)
+    assert ok.returncode == 0, ok.stderr

@@ -388,10 +388,11 @@ def cmd_finetune(args) -> int:
     seeds = _seeds(args.seeds)
     ws = _workspace(args).ensure()
     with Store(ws.db_path) as store:
-        ckpts, bad = _job_checkpoints(store, args)
+        ckpts, bad = _job_checkpoints(store, args, allow_pickle=args.allow_pickle)
         with executor:
             report = run_finetune(store, ckpts, task, workspace=ws.root, seeds=seeds, device=args.device,
-                                  progress=False if args.no_progress else None, executor=executor)
+                                  progress=False if args.no_progress else None, executor=executor,
+                                  allow_pickle=args.allow_pickle)
     return _emit_with_errors(args, report.__dict__, report.describe(), bad)
 
 
@@ -598,6 +599,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", default="0", help="comma-separated seeds (default 0); the label is their mean")
     p.add_argument("--run", help="run name for checkpoints added from directories")
     p.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="accept pickled .bin weights (unpickling can run code: only for files you trust)")
     add_executor_args(p, "(checkpoint, seed)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print the report as JSON")

@@ -363,7 +363,7 @@ def adapter_dir(workspace: Path, ckpt: Checkpoint, task: SFTTask, seed: int) -> 
 
 
 def finetune_one(ckpt: Checkpoint, task: SFTTask, seed: int, out_dir: Path, *, device=None,
-                 progress: bool | None = None) -> dict[str, float]:
+                 progress: bool | None = None, allow_pickle: bool = False) -> dict[str, float]:
     """Train one seed, save the adapter (or full weights) to ``out_dir``, evaluate; returns metrics.
     A finished seed (``result.json`` present) is read back, not retrained."""
     from ckptsel.checkpoints import load_model
@@ -371,7 +371,7 @@ def finetune_one(ckpt: Checkpoint, task: SFTTask, seed: int, out_dir: Path, *, d
     result_file = out_dir / "result.json"
     if result_file.is_file():
         return json.loads(result_file.read_text())["metrics"]
-    model, tokenizer = load_model(ckpt.path, dtype="float32", device=device)
+    model, tokenizer = load_model(ckpt.path, dtype="float32", device=device, allow_pickle=allow_pickle)
     model, losses = train(model, tokenizer, task, seed=seed, progress=progress)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out_dir))
@@ -384,7 +384,7 @@ def finetune_one(ckpt: Checkpoint, task: SFTTask, seed: int, out_dir: Path, *, d
 
 def run_finetune(store: Store, ckpts: Sequence[Checkpoint], task: SFTTask, *, workspace: str | Path,
                  seeds: Sequence[int] = (0,), device=None, progress: bool | None = None,
-                 executor=None) -> FinetuneReport:
+                 executor=None, allow_pickle: bool = False) -> FinetuneReport:
     """Fine-tune every checkpoint with every seed; one label per checkpoint, written in one
     transaction after all its seeds finish. Checkpoints whose label exists are skipped.
 
@@ -413,7 +413,8 @@ def run_finetune(store: Store, ckpts: Sequence[Checkpoint], task: SFTTask, *, wo
     for c in todo:
         firsts.setdefault(c.fingerprint, c)
     jobs = [Job(f"{ckpt.id} seed {s}", finetune_one, (ckpt, task, s, adapter_dir(workspace, ckpt, task, s)),
-                task.resources, {"device": device, "progress": False if remote else progress})
+                task.resources, {"device": device, "progress": False if remote else progress,
+                                 "allow_pickle": allow_pickle})
             for ckpt in firsts.values() for s in dict.fromkeys(seeds)]  # a repeated seed is trained once
     values: dict[str, dict[int, float]] = {fp: {} for fp in firsts}
     for job, metrics in executor.run(jobs):
