@@ -57,20 +57,26 @@ def _csv_list(text: str | None) -> list[str]:
 
 # -- commands ---------------------------------------------------------------------------------
 def cmd_import_table(args) -> int:
+    ws = _workspace(args).ensure()
+    summary = _import_table(ws, args, args.file)
+    _emit(args, summary.__dict__, summary.describe())
+    return 0
+
+
+def _import_table(ws, args, path):
+    """``import-table`` (and ``evaluate --table``): the table, then the label directions it was given."""
     from ckptsel.store import Store
     from ckptsel.tables import import_table
 
-    ws = _workspace(args).ensure()
-    directions = _directions(args)
+    directions = _directions(args)  # bad flags fail before anything is written
     with Store(ws.db_path) as store:
-        summary = import_table(store, args.file, id_column=args.id_column, labels=_csv_list(args.labels),
+        summary = import_table(store, path, id_column=args.id_column, labels=_csv_list(args.labels),
                                run_column=args.run_column, step_column=args.step_column,
                                ignore=_csv_list(args.ignore_columns))
         with store.transaction():
             for label, higher in directions.items():
                 store.set_direction(label, higher)
-    _emit(args, summary.__dict__, summary.describe())
-    return 0
+    return summary
 
 
 def _directions(args) -> dict[str, bool]:
@@ -177,16 +183,7 @@ def cmd_evaluate(args) -> int:
     if args.table:
         if not args.id_column or not args.labels:
             raise CkptselError("--table needs --id-column COL and --labels L1,L2 to import it first")
-        from ckptsel.tables import import_table
-
-        directions = _directions(args)
-        with Store(ws.db_path) as store:
-            summary = import_table(store, args.table, id_column=args.id_column, labels=_csv_list(args.labels),
-                                   run_column=args.run_column, step_column=args.step_column,
-                                   ignore=_csv_list(args.ignore_columns))
-            with store.transaction():
-                for label, higher in directions.items():
-                    store.set_direction(label, higher)
+        summary = _import_table(ws, args, args.table)
         print(summary.describe(), file=sys.stderr)
     with Store(ws.db_path, create=False) as store:
         table = labelled_table(store, args.target)

@@ -24,9 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ckptsel.errors import CkptselError
+from ckptsel.predictor import SCHEMA_FILE  # lightgbm is imported only when a model is fitted or loaded
 from ckptsel.workspace import Workspace, check_model_name
-
-SCHEMA_FILE = "schema.json"  # the same file name as ckptsel.predictor.SCHEMA_FILE (not imported: no lightgbm)
 ALIASES_FILE = "aliases.json"
 DEFAULT_ALIAS = "champion"
 _ALIAS = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
